@@ -10,6 +10,7 @@ def test_fit_all():
     assert set(fit.__all__) == {
         "LawFitter", "clone", "heldout_score", "CHINCHILLA_GRID", "ChinchillaFitter",
         "ELJointFitter", "ELSeparableFitter", "FGFitter", "JointFitter", "PowerLawFitter",
+        "IsoFlopOptimum", "extension_side", "fit_isoflop",
         "DenseFrontier", "crossover_compute", "dense_frontier", "el_fit_report", "el_table",
         "fit_el_joint", "fit_el_separable", "frontier_crossovers", "measure_el",
         "CURVE_COLUMNS", "RUN_COLUMNS", "RunTable", "read_chinchilla", "read_clark",

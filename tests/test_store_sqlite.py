@@ -30,6 +30,9 @@ SCHEMA_COLUMNS = [
     "params_total_non_embedding", "params_active_non_embedding", "flops_per_token",
     "flops_convention", "tokens", "compute", "loss", "train_loss", "learning_rate",
     "batch_tokens", "seq_len", "seed", "family", "tags", "status",
+    # issue #10: budget/config/lr multiplier (sweep), evaluation uncertainty (trainer)
+    "budget", "config", "lr_multiplier", "val_loss_se", "val_tokens", "eval_block_losses",
+    "train_loss_last5", "flops_per_token_full",
 ]
 
 

@@ -3,6 +3,7 @@
 - :mod:`moescale.fit.runs` — the run-record table and its readers (CSV, Parquet, run
   store, the Chinchilla and Clark datasets).
 - :mod:`moescale.fit.fitters` — scikit-learn-style fitters, one per law form.
+- :mod:`moescale.fit.isoflop` — the optimum of one IsoFLOP ladder (parabola in ln M).
 - :mod:`moescale.fit.leverage` — Efficiency Leverage measured from dense and MoE runs.
 
 Method and conventions: ``docs/fitting.md`` and LAWS.md §3, §6.
@@ -18,6 +19,7 @@ from moescale.fit.fitters import (
     JointFitter,
     PowerLawFitter,
 )
+from moescale.fit.isoflop import IsoFlopOptimum, extension_side, fit_isoflop
 from moescale.fit.leverage import (
     DenseFrontier,
     crossover_compute,
@@ -51,6 +53,9 @@ __all__ = [
     "FGFitter",
     "JointFitter",
     "PowerLawFitter",
+    "IsoFlopOptimum",
+    "extension_side",
+    "fit_isoflop",
     "DenseFrontier",
     "crossover_compute",
     "dense_frontier",

@@ -48,20 +48,34 @@ RUN_COLUMNS: tuple[str, ...] = (
     "params_total_non_embedding", "params_active_non_embedding", "flops_per_token",
     "flops_convention", "tokens", "compute", "loss", "train_loss", "learning_rate",
     "batch_tokens", "seq_len", "seed", "family", "tags", "status",
+    "budget", "config", "lr_multiplier", "val_loss_se", "val_tokens", "eval_block_losses",
+    "train_loss_last5", "flops_per_token_full",
 )
-"""Run-record columns, in order (shared with :mod:`moescale.sweep.store`)."""
+"""Run-record columns, in order (shared with :mod:`moescale.sweep.store`).
+
+The last eight (issue #10) may be absent from older stores and tables (read as NaN):
+``budget`` the planned compute budget, assigned once at plan time (fitting groups by it);
+``config`` the architecture-configuration key without size (``"dense"``,
+``"moe-E16-k2-s0-G2"``; one frontier per config); ``lr_multiplier`` the factor on the
+[EL] Eq. 3 learning rate; ``val_loss_se``, ``val_tokens`` and ``eval_block_losses`` (JSON
+list of equal-weight evaluation-block mean losses) from the final evaluation;
+``train_loss_last5`` the mean training loss over the last 5% of steps;
+``flops_per_token_full`` training FLOPs/token counting embedding, unembedding and router
+FLOPs too (the sensitivity convention)."""
 
 CURVE_COLUMNS: tuple[str, ...] = ("run", "step", "tokens", "compute", "loss")
 """Curve-point columns: one row per evaluation of a run (validation loss)."""
 
-_TEXT_COLUMNS = ("run", "arch", "flops_convention", "family", "tags", "status")
+_TEXT_COLUMNS = ("run", "arch", "flops_convention", "family", "tags", "status", "config",
+                 "eval_block_losses")
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in _TEXT_COLUMNS)
 """Columns that must be numeric (NaN allowed where the value is unknown)."""
 
 POSITIVE_COLUMNS: tuple[str, ...] = (
     "params_total", "params_active", "params_total_non_embedding",
     "params_active_non_embedding", "flops_per_token", "tokens", "compute", "loss",
-    "activation_ratio", "granularity",
+    "activation_ratio", "granularity", "budget", "lr_multiplier", "val_tokens",
+    "flops_per_token_full",
 )
 """Columns that, where known (not NaN), must be finite and > 0."""
 

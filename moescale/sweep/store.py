@@ -55,7 +55,9 @@ _TYPES = {
     "run": "TEXT", "arch": "TEXT", "flops_convention": "TEXT", "family": "TEXT", "tags": "TEXT",
     "status": "TEXT", "activation_ratio": "REAL", "granularity": "REAL", "shared_ratio": "REAL",
     "flops_per_token": "REAL", "compute": "REAL", "loss": "REAL", "train_loss": "REAL",
-    "learning_rate": "REAL",
+    "learning_rate": "REAL", "config": "TEXT", "eval_block_losses": "TEXT",
+    "lr_multiplier": "REAL", "val_loss_se": "REAL", "train_loss_last5": "REAL",
+    "flops_per_token_full": "REAL",
 }
 _STATUSES = ("planned", "running", "done", "failed")
 
@@ -65,7 +67,7 @@ def _now() -> str:
 
 
 def _schema() -> str:
-    rec = [c for c in RECORD_COLUMNS if c not in ("run", "family", "status")]
+    rec = [c for c in RECORD_COLUMNS if c not in ("run", "family", "status", "budget")]
     cols = ",\n  ".join(f"{c} {_TYPES.get(c, 'INTEGER')}" for c in rec)
     view = ", ".join("name AS run" if c == "run" else c for c in RECORD_COLUMNS)
     return f"""
