@@ -17,6 +17,8 @@ from rich.table import Table
 
 from moescale.cli.common import console, fmt_num, kv_table, parse_float, print_json, warn
 from moescale.errors import ConfigError
+from moescale.laws.joint import JOINT_VOCAB
+from moescale.spec.presets import LING2_VOCAB
 
 predict_app = typer.Typer(
     name="predict",
@@ -279,7 +281,8 @@ def design_cmd(
     top: str = typer.Option("5", "--top", help="Number of candidates."),
     seq_len: int = typer.Option(4096, "--seq-len", help="Sequence length of Ling's M."),
     vocab_size: str | None = typer.Option(None, "--vocab-size", help="Vocabulary (default: "
-                                          "157,184 for ling2025/fg, 50,257 for joint)."),
+                                          f"{LING2_VOCAB:,} for ling2025/fg, {JOINT_VOCAB:,} "
+                                          "for joint)."),
     allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation",
                                              help="ling2025: allow A, G outside the fitted grid."),
     as_json: bool = _JSON,

@@ -9,7 +9,9 @@ from pathlib import Path
 import typer
 
 from moescale.cli.common import console, kv_table, parse_float, print_json
+from moescale.laws.hparams import HyperparameterLaw
 
+_EQ3 = HyperparameterLaw.published()
 _MAIN = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints
 
 
@@ -18,9 +20,11 @@ def train_cmd(
     compute: str = typer.Option(None, "--compute", help="Compute budget C in FLOPs (Ling M·D)."),
     out: Path = typer.Option(..., "--out", help="Run folder (re-running resumes it)."),
     seq_len: int = typer.Option(None, "--seq-len", help="Sequence length s (default 256)."),
-    lr: str = typer.Option(None, "--lr", help="Peak LR (default [EL] Eq. 3: 1.1576·C^-0.1529)."),
+    lr: str = typer.Option(None, "--lr", help="Peak LR (default [EL] Eq. 3: "
+                           f"{_EQ3.learning_rate_law.formula()})."),
     batch_tokens: int = typer.Option(
-        None, "--batch-tokens", help="Global batch in tokens (default [EL] Eq. 3: 0.0694·C^0.3644)."
+        None, "--batch-tokens",
+        help=f"Global batch in tokens (default [EL] Eq. 3: {_EQ3.batch_law.formula()}).",
     ),
     micro_batch: int = typer.Option(None, "--micro-batch", help="Sequences per micro-batch."),
     schedule: str = typer.Option(None, "--schedule", help="wsd (default) or cosine."),

@@ -16,6 +16,7 @@ import numpy as np
 from moescale.errors import ConfigError
 from moescale.fit.base import LawFitter
 from moescale.laws import forms
+from moescale.laws.el import ELCoefficients
 
 __all__ = [
     "PowerLawFitter",
@@ -303,7 +304,8 @@ class JointFitter(LawFitter):
                          math.log(c["E_max"]), math.log(c["c"])])
 
 
-_A_START_GRID = (0.005, 0.0163, 0.05, 0.15)
+_A_START_GRID = (0.005, ELCoefficients.published().A_start, 0.05, 0.15)
+"""Starts for A_start, one of them the published [EL] value."""
 _A_MAX_GRID = (10.0, 1e4, 1e16)
 _A_BOUNDS = [(math.log(1e-6), math.log(0.5)), (math.log(1.0), math.log(1e20))]
 
@@ -313,7 +315,7 @@ class ELJointFitter(LawFitter):
 
     ``EL = Â^(a + d·log10 C + γ·(log2 G)² + β·log2 G)``, Â the saturating transform of
     A = E_a/E with A_start, A_max fitted (A_start ∈ [1e-6, 0.5], A_max ∈ [1, 1e20]; A_max
-    is only weakly identified when it is large, as published: 5.28e16). G = 2·d/d_expert
+    is only weakly identified when it is large, as in the published set). G = 2·d/d_expert
     ([EL] convention), C in FLOPs. With ``use_granularity=False`` the G terms are dropped
     (γ = β = 0) for data without G, e.g. EL against expert count only.
 

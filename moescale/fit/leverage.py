@@ -35,6 +35,7 @@ from moescale.errors import ConfigError, DataError
 from moescale.fit.fitters import ELJointFitter, ELSeparableFitter, PowerLawFitter
 from moescale.fit.runs import RunTable
 from moescale.laws import forms
+from moescale.laws.el import ELCoefficients
 
 __all__ = [
     "FRONTIERS",
@@ -63,8 +64,6 @@ share that budget (a sweep rounds each run to whole steps, so one budget's runs 
 ~0.1%; distinct budgets of a sweep, and every distinct Clark dense run, are ≥ 10% apart)."""
 LABEL_COLUMNS = ("model_size_label", "num_experts", "router_type", "top_k", "n_experts",
                  "routing_frequency", "family", "seed")
-_PUBLISHED_FALLBACK = {"a": 1.23, "d": -7.61e-2, "gamma": 1.67e-2, "beta": -1.17e-1,
-                       "A_start": 1.63e-2, "A_max": 5.28e16}
 
 
 @dataclass(frozen=True)
@@ -262,13 +261,8 @@ def dense_frontier(
 
 
 def published_el_coefficients() -> dict[str, float]:
-    """[EL] Eq. 13 published coefficients (from :mod:`moescale.laws.el` when available)."""
-    try:
-        from moescale.laws.el import ELCoefficients
-
-        return ELCoefficients.published().params()
-    except (ImportError, AttributeError):  # laws package still being built
-        return dict(_PUBLISHED_FALLBACK)
+    """[EL] Eq. 13 published coefficients (:meth:`moescale.laws.ELCoefficients.published`)."""
+    return ELCoefficients.published().params()
 
 
 def el_published(A: Any, G: Any, C: Any) -> np.ndarray:

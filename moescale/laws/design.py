@@ -35,13 +35,13 @@ from moescale.laws.hparams import AllocationLaw, HyperparameterLaw
 from moescale.laws.joint import JOINT_VOCAB, JointLaw
 from moescale.spec.accounting import count_params, flops_per_token
 from moescale.spec.model_spec import ModelSpec
+from moescale.spec.presets import LING2_VOCAB
 
-__all__ = ["DesignConstraints", "design", "DESIGN_LAWS", "BYTES_PER_PARAM", "LING2_VOCAB"]
+__all__ = ["DesignConstraints", "design", "DESIGN_LAWS", "BYTES_PER_PARAM"]
 
 DESIGN_LAWS = ("ling2025", "fg", "joint")
 BYTES_PER_PARAM = 16
 """bf16 weights (2) + bf16 grads (2) + fp32 master (4) + fp32 Adam m and v (8)."""
-LING2_VOCAB = 157_184
 ASPECT_TARGET = 100.0
 """Target d_model / n_layers (Ling 2.0 models: 102, 128, 102)."""
 

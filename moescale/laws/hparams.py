@@ -3,9 +3,11 @@
 Both are power laws in the training compute C = M·D (Ling's M, non-embedding
 training FLOPs per token, ``flops_per_token(spec, convention="ling")``):
 
-- Eq. 3, MoE: ``lr_opt = 1.1576·C^-0.1529``, ``B_opt = 0.0694·C^0.3644`` (tokens);
+- Eq. 3, MoE: ``lr_opt = c_lr·C^e_lr``, ``B_opt = c_B·C^e_B`` (tokens);
 - Table 1: ``M_opt = m·C^μ`` (FLOPs per token) and ``D_opt = n·C^ν`` (tokens),
   dense and MoE rows (Tian et al., arXiv 2507.17702).
+
+The published numbers live here once; other modules print them with ``formula()``.
 
 The dense Eq. 3 law is shown only in a figure (no coefficients): none is provided.
 """
@@ -47,6 +49,11 @@ _UNKNOWN_RANGE = FittedRange(
 )
 
 
+def _num(x: float) -> str:
+    """Shortest text that reads back as ``x`` (``repr``), exponent without ``+``."""
+    return repr(float(x)).replace("e+", "e")
+
+
 @dataclass(frozen=True, kw_only=True)
 class PowerLaw:
     """``y = coefficient · C^exponent`` with provenance."""
@@ -65,6 +72,10 @@ class PowerLaw:
     def __call__(self, C: ArrayLike) -> float | np.ndarray:
         C = check_positive("compute", C)
         return as_scalar_or_array(self.coefficient * C**self.exponent)
+
+    def formula(self, variable: str = "C") -> str:
+        """The law as text with its numbers, e.g. ``0.0655·C^0.5422``."""
+        return f"{_num(self.coefficient)}·{variable}^{_num(self.exponent)}"
 
     def inverse(self, y: ArrayLike) -> float | np.ndarray:
         """C such that ``coefficient · C^exponent = y``."""
@@ -125,6 +136,11 @@ class HyperparameterLaw:
     def batch_tokens(self, C: ArrayLike) -> float | np.ndarray:
         """Optimal batch size in tokens at compute C."""
         return self.batch_law(C)
+
+    def formula(self) -> str:
+        """``lr = 1.1576·C^-0.1529; B_tokens = ...`` with this law's numbers."""
+        return (f"lr = {self.learning_rate_law.formula()}; "
+                f"B_tokens = {self.batch_law.formula()}")
 
     def predict(self, C: float) -> dict[str, float]:
         """``{"compute", "learning_rate", "batch_tokens"}`` at compute C."""
@@ -201,6 +217,11 @@ class AllocationLaw:
     def tokens(self, C: ArrayLike) -> float | np.ndarray:
         """Compute-optimal training tokens D."""
         return self.tokens_law(C)
+
+    def formula(self) -> str:
+        """``M_opt = m·C^μ; D_opt = n·C^ν`` with this law's numbers."""
+        return (f"M_opt = {self.flops_per_token_law.formula()}; "
+                f"D_opt = {self.tokens_law.formula()}")
 
     def predict(self, C: float) -> dict[str, float]:
         """``{"arch", "compute", "flops_per_token", "tokens"}`` at budget C."""

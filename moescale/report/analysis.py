@@ -310,9 +310,7 @@ def _moe_groups(an: Analysis, moe: pd.DataFrame, law: Any) -> None:
 def _separable(an: Analysis, moe: pd.DataFrame, law: Any) -> None:
     from moescale.laws.forms import saturating_transform
 
-    c = law.coefficients if hasattr(law, "coefficients") else None
-    a_start = getattr(c, "A_start", 1.63e-2)
-    a_max = getattr(c, "A_max", 5.28e16)
+    a_start, a_max = law.coefficients.A_start, law.coefficients.A_max
     ok = moe[np.isfinite(moe["el_measured"]) & (moe["el_measured"] > 0)]
     # EL vs A at fixed G (and S), per budget
     for (b, gval, s), g in ok.groupby(["budget", "granularity", "shared_ratio"]):

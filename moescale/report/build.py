@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from moescale.laws.hparams import AllocationLaw, HyperparameterLaw
 from moescale.report.analysis import Analysis, PowerFit, analyze
 from moescale.report.data import load_runs
 from moescale.report.plots import PLOT_TITLES, make_plots
 from moescale.spec.io import atomic_write
+
+_DENSE_T1 = AllocationLaw.published("dense")
+_EQ3 = HyperparameterLaw.published()
 
 __all__ = ["Report", "build_report", "headline", "summary_lines"]
 
@@ -151,12 +155,12 @@ def summary_lines(an: Analysis) -> list[str]:
     if an.allocation:
         m = an.allocation["m_opt"]
         out.append(f"Compute-optimal dense M_opt(C) = {m.k:.3g}·C^{m.p:.3f} (exponent interval "
-                   f"{_ci(m.p_ci)}) vs [EL] Table 1 0.0655·C^0.5422.")
+                   f"{_ci(m.p_ci)}) vs [EL] Table 1 {_DENSE_T1.flops_per_token_law.formula()}.")
     if an.hparams and an.hparams.get("lr") is not None:
         lr, b = an.hparams["lr"], an.hparams["batch"]
         out.append(f"Near-optimal hyper-parameters: lr_opt = {lr.k:.3g}·C^{lr.p:.3f}, "
-                   f"B_opt = {b.k:.3g}·C^{b.p:.3f} vs [EL] Eq. 3 1.1576·C^-0.1529, "
-                   "0.0694·C^0.3644.")
+                   f"B_opt = {b.k:.3g}·C^{b.p:.3f} vs [EL] Eq. 3 "
+                   f"{_EQ3.learning_rate_law.formula()}, {_EQ3.batch_law.formula()}.")
     out += [f"Note: {n}" for n in an.notes]
     return out
 
@@ -213,12 +217,15 @@ def _html(an: Analysis, plots: dict[str, bytes]) -> str:
     for e in an.moe_groups:
         fits.append(_fit_row(f"MoE frontier {e['label']}", e["frontier"], ""))
     if an.allocation:
-        fits.append(_fit_row("dense M_opt(C)", an.allocation["m_opt"], "0.0655·C^0.5422"))
+        fits.append(_fit_row("dense M_opt(C)", an.allocation["m_opt"],
+                             _DENSE_T1.flops_per_token_law.formula()))
         fits.append(_fit_row("dense D_opt(C) = C/M_opt", an.allocation["d_opt"],
-                             "15.2582·C^0.4578"))
+                             _DENSE_T1.tokens_law.formula()))
     if an.hparams:
-        fits.append(_fit_row("lr_opt(C)", an.hparams.get("lr"), "1.1576·C^-0.1529"))
-        fits.append(_fit_row("B_opt(C) tokens", an.hparams.get("batch"), "0.0694·C^0.3644"))
+        fits.append(_fit_row("lr_opt(C)", an.hparams.get("lr"),
+                             _EQ3.learning_rate_law.formula()))
+        fits.append(_fit_row("B_opt(C) tokens", an.hparams.get("batch"),
+                             _EQ3.batch_law.formula()))
     fit_cols = [("name", "quantity"), ("k", "k"), ("k_ci", "k 90% CI"), ("p", "exponent p"),
                 ("p_ci", "p 90% CI"), ("n", "points"), ("rmse", "rmse (ln)"),
                 ("published", "published")]

@@ -178,7 +178,8 @@ def _allocation(an: Analysis) -> bytes | None:
     f = an.allocation["m_opt"]
     ax.plot(cs, f(cs), "k-", label=f"fit M_opt = {f.k:.3g}·C^{f.p:.3f}")
     pub = AllocationLaw.published("dense")
-    ax.plot(cs, pub.flops_per_token(cs), "r--", label="[EL] Table 1: 0.0655·C^0.5422")
+    ax.plot(cs, pub.flops_per_token(cs), "r--",
+            label=f"[EL] Table 1: {pub.flops_per_token_law.formula()}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compute C (FLOPs)")

@@ -2,8 +2,8 @@
 
 For every budget C (FLOPs, [EL] C = M·D with Ling M, arXiv 2507.17702):
 
-- ``[dense]``: an IsoFLOP ladder ``M = m·M_opt^dense(C)``, ``M_opt = 0.0655·C^0.5422``
-  ([EL] Table 1), each trained on ``D = C/M`` tokens.
+- ``[dense]``: an IsoFLOP ladder ``M = m·M_opt^dense(C)``, M_opt the dense row of
+  [EL] Table 1 (:class:`moescale.laws.AllocationLaw`), each trained on ``D = C/M`` tokens.
 - ``activation``: E_a (top_k), E_s and G fixed, E grows ([EL] Table 7): A = E_a/E falls
   while M is unchanged.
 - ``granularity``: E = c·G, E_a = G, E_s = s·G, d_expert = 2d/G ([EL] Table 8 with
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moescale.errors import ConfigError
+from moescale.laws.hparams import AllocationLaw
 from moescale.spec.accounting import count_params
 from moescale.spec.model_spec import ModelSpec
 from moescale.sweep.shapes import dense_shape, moe_backbone
@@ -54,13 +55,13 @@ M_TOLERANCE = 1e-9
 
 
 def dense_m_opt(compute: float) -> float:
-    """[EL] Table 1 dense compute-optimal M: ``0.0655·C^0.5422`` (FLOPs/token)."""
-    return 0.0655 * compute**0.5422
+    """[EL] Table 1 dense compute-optimal M (Ling FLOPs/token), from :mod:`moescale.laws`."""
+    return float(AllocationLaw.published("dense").flops_per_token(compute))
 
 
 def moe_m_opt(compute: float) -> float:
-    """[EL] Table 1 MoE compute-optimal M: ``0.1915·C^0.5095`` (FLOPs/token)."""
-    return 0.1915 * compute**0.5095
+    """[EL] Table 1 MoE compute-optimal M (Ling FLOPs/token), from :mod:`moescale.laws`."""
+    return float(AllocationLaw.published("moe").flops_per_token(compute))
 
 
 def budget_tag(compute: float) -> str:

@@ -67,7 +67,7 @@ class ShapeGrid:
 @dataclass(frozen=True, kw_only=True)
 class DenseLadder:
     """The dense IsoFLOP ladder: at each budget, sizes ``M = m·M_opt(C)`` for m in ``sizes``,
-    with M_opt the dense [EL] Table 1 law ``0.0655·C^0.5422``."""
+    with M_opt the dense row of [EL] Table 1 (:class:`moescale.laws.AllocationLaw`)."""
 
     sizes: tuple[float, ...] = (0.5, 1.0, 2.0)
     budgets: tuple[float, ...] | None = None
@@ -83,8 +83,7 @@ class FamilySpec:
     budgets: tuple[float, ...] | None = None
     """Subset of the sweep budgets (``None``: all)."""
     m_target: str = "moe"
-    """Target M: ``moe`` ([EL] Table 1 MoE ``0.1915·C^0.5095``) or ``dense``
-    (``0.0655·C^0.5422``)."""
+    """Target M: the ``moe`` or ``dense`` row of [EL] Table 1 (``AllocationLaw``)."""
     m_scale: float = 1.0
     """Multiplier on the target M."""
     n_dense_layers: int = 0

@@ -6,8 +6,8 @@ FLOPs, counted with [EL]'s convention ``C = M·D`` (arXiv 2507.17702, App. C):
 length (:func:`moescale.spec.flops_per_token`, ``convention="ling"``; attention
 at full ``s``, no causal halving) and ``D`` the training tokens.
 
-Unset hyperparameters come from [EL] Eq. 3 (fitted on MoE runs, C in FLOPs):
-``lr_opt = 1.1576·C^-0.1529`` and ``B_opt = 0.0694·C^0.3644`` tokens.
+Unset hyperparameters come from [EL] Eq. 3 (fitted on MoE runs, C in FLOPs): the
+peak learning rate and the batch in tokens of :class:`moescale.laws.HyperparameterLaw`.
 :func:`resolve_plan` turns a config into a :class:`TrainPlan` (steps, batch in
 whole sequences, micro-batches, learning rate), recording every clamp it made.
 """
@@ -44,7 +44,7 @@ unset: large enough for efficient GEMMs, small enough for activations of small m
 
 
 def el_lr_opt(compute: float) -> float:
-    """[EL] Eq. 3 peak learning rate ``1.1576·C^-0.1529`` (C in FLOPs, Ling M convention),
+    """[EL] Eq. 3 peak learning rate (C in FLOPs, Ling M convention),
     from :meth:`moescale.laws.HyperparameterLaw.published`.
 
     >>> round(el_lr_opt(1e20), 6)
@@ -56,7 +56,7 @@ def el_lr_opt(compute: float) -> float:
 
 
 def el_batch_opt(compute: float) -> float:
-    """[EL] Eq. 3 batch size in tokens ``0.0694·C^0.3644`` (C in FLOPs).
+    """[EL] Eq. 3 batch size in tokens (C in FLOPs), from ``HyperparameterLaw``.
 
     >>> round(el_batch_opt(1e20) / 1e6, 2)
     1.35
@@ -88,9 +88,9 @@ class TrainConfig:
     seq_len: int = 256
     """Training sequence length s (also the s in Ling's attention term of M)."""
     learning_rate: float | None = None
-    """Peak learning rate; ``None`` → [EL] Eq. 3 ``1.1576·C^-0.1529``."""
+    """Peak learning rate; ``None`` → [EL] Eq. 3 (:func:`el_lr_opt`)."""
     batch_tokens: int | None = None
-    """Global batch in tokens; ``None`` → [EL] Eq. 3 ``0.0694·C^0.3644``. Rounded to whole
+    """Global batch in tokens; ``None`` → [EL] Eq. 3 (:func:`el_batch_opt`). Rounded to whole
     sequences (at least one, and a multiple of the number of ranks)."""
     lr_law: tuple[float, float] | None = None
     """``(coefficient, exponent)`` of a peak-LR power law ``a·C^b`` to use instead of [EL]
