@@ -1,6 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> creates .venv/, installs moescale, runs the demo
 #   make test   -> installs the test extras, runs the whole test suite
+# Both install every extra (`.[all]`, `.[test]`); torch is installed first, pinned, so pip
+# never resolves an unpinned torch. A planner-only install is `pip install moescale`
+# (core: spec, laws, fit, report text; no torch), see pyproject.toml for the extras.
 # TORCH pins the CPU wheel available on the project's machines; elsewhere use
 # e.g. `make demo TORCH="torch>=2.6"` to keep whatever torch you already have.
 PYTHON ?= python3
@@ -16,7 +19,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[all]"
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"

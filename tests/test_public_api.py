@@ -45,7 +45,7 @@ def test_cli_commands() -> None:
     cmd = get_command(app)
     top = set(cmd.commands)
     assert {"count", "predict", "design", "fit", "leverage", "train", "bench", "sweep",
-            "store", "report", "demo"} <= top
+            "store", "report", "demo", "examples"} <= top
     assert {"el", "hparams", "allocation", "loss"} <= set(cmd.commands["predict"].commands)
     assert {"moe-layer", "train"} <= set(cmd.commands["bench"].commands)
     assert {"plan", "run"} <= set(cmd.commands["sweep"].commands)

@@ -58,7 +58,7 @@ def test_tiny_examples_are_cpu_sized():
     dense = load_spec(REPO / "examples/tiny-dense.toml")
     moe = load_spec(REPO / "examples/tiny-moe.toml")
     for spec in (dense, moe):
-        assert (spec.d_model, spec.n_layers, spec.vocab_size) == (256, 4, 256)
+        assert (spec.d_model, spec.n_layers, spec.vocab_size) == (256, 4, 257)  # byte tokenizer
         assert count_params(spec).total < 10_000_000
     assert not dense.is_moe
     assert (moe.activation_ratio, moe.granularity, moe.shared_ratio) == (1 / 8, 4.0, 1 / 3)

@@ -2,7 +2,8 @@
 
 Each command parses its options, calls one library function and prints. Every
 command group lives in its own module with a ``register(app)`` function. Any
-:class:`~moescale.errors.MoescaleError` becomes one line on stderr and exit code 2.
+:class:`~moescale.errors.MoescaleError`, and a missing optional dependency
+(:mod:`moescale.extras`), becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import typer
 
 from moescale.errors import MoescaleError
+from moescale.extras import missing_extra
 
 app = typer.Typer(
     name="moescale",
@@ -22,8 +24,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from moescale import __version__
+
+        print(f"moescale {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
     """Efficiency Leverage and scaling laws for Mixture-of-Experts language models."""
 
 
@@ -34,7 +49,7 @@ def _register_all() -> None:
     # Command groups added by later modules register here.
     import importlib
 
-    for name in ("bench", "laws", "fitting", "training", "sweeps", "models"):
+    for name in ("bench", "laws", "fitting", "training", "sweeps", "models", "examples"):
         try:
             module = importlib.import_module(f"moescale.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -48,9 +63,16 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point. Usage errors exit 2 (typer); user errors exit 2 with one line."""
+    """Entry point. Usage errors exit 2 (typer); user errors, and a missing optional
+    dependency (naming the extra to install), exit 2 with one line."""
     try:
         app(args=argv)
     except MoescaleError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ImportError as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        print(f"error: {missing}", file=sys.stderr)
         sys.exit(2)

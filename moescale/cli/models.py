@@ -7,7 +7,6 @@ import typer
 
 from moescale.cli.bench import bench_app
 from moescale.cli.common import console, kv_table, print_json
-from moescale.model.bench import bench_moe_layer
 
 
 def moe_layer(
@@ -27,6 +26,8 @@ def moe_layer(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Time MoE fwd+bwd vs a dense SwiGLU of width (top_k+shared)·d_expert; ratio = moe/dense."""
+    from moescale.model.bench import bench_moe_layer
+
     record = bench_moe_layer(
         experts=experts, top_k=top_k, shared=shared, d_model=d_model, d_expert=d_expert,
         tokens=tokens, device=device, dtype=dtype, repeats=repeats, threads=threads,

@@ -19,7 +19,6 @@ import numpy as np
 from moescale.laws.hparams import AllocationLaw, HyperparameterLaw
 from moescale.report.analysis import Analysis, PowerFit, analyze
 from moescale.report.data import load_runs
-from moescale.report.plots import PLOT_TITLES, make_plots
 from moescale.spec.io import atomic_write
 
 _DENSE_T1 = AllocationLaw.published("dense")
@@ -205,6 +204,8 @@ def _fit_row(name: str, f: PowerFit | None, published: str) -> dict[str, Any]:
 def _img(plots: dict[str, bytes], name: str) -> str:
     if name not in plots:
         return ""
+    from moescale.report.plots import PLOT_TITLES  # matplotlib: the [report] extra
+
     b64 = base64.b64encode(plots[name]).decode()
     return (f"<h3>{html.escape(PLOT_TITLES[name])}</h3>"
             f"<img alt='{name}' src='data:image/png;base64,{b64}'/>")
@@ -303,6 +304,8 @@ def _markdown(an: Analysis, plots: dict[str, bytes]) -> str:
                      f"{e['compute']:.3g} | {e['loss']:.4f} | {_f(e['el_measured'])} | "
                      f"{_f(e['el_published'])} |")
     lines += ["", "## Figures", ""]
+    from moescale.report.plots import PLOT_TITLES  # matplotlib: the [report] extra
+
     lines += [f"- [{PLOT_TITLES[k]}]({k}.png)" for k in plots]
     return "\n".join(lines) + "\n"
 
@@ -320,6 +323,8 @@ def build_report(source: str | Path, out_dir: str | Path, *, seed: int = 0,
     >>> rep.html_path  # doctest: +SKIP
     PosixPath('report/report.html')
     """
+    from moescale.report.plots import make_plots  # matplotlib: the [report] extra
+
     records, curves, info = load_runs(source)
     kw = {} if n_boot is None else {"n_boot": n_boot}
     an = analyze(records, curves, info, seed=seed, **kw)

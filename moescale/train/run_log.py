@@ -86,8 +86,14 @@ class MetricsLog:
 
 
 def tensorboard_writer(log_dir: str | os.PathLike, purge_step: int | None):
-    """A ``SummaryWriter`` that drops events at or after ``purge_step`` (re-done on resume)."""
-    from torch.utils.tensorboard import SummaryWriter
+    """A ``SummaryWriter`` that drops events at or after ``purge_step`` (re-done on resume);
+    ``None`` without the ``[tensorboard]`` extra (``metrics.jsonl`` holds the same scalars)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "tensorboard":
+            raise
+        return None
 
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
