@@ -10,7 +10,8 @@ C. Outputs in ``out_dir``:
   ``train_loss``, ``aux_loss``, ``val_loss`` (eval steps), ``epoch``, MoE routing
   statistics (e.g. ``max_load_ratio``, averaged over micro-batches and ranks);
 - ``tb/`` — TensorBoard events (also throughput and MFU);
-- ``checkpoint.pt`` while running (atomic; a re-run resumes from it), ``model.pt`` at the end;
+- ``checkpoint.pt`` (+ ``checkpoint.prev.pt``) while running (atomic, checksummed, weights-only;
+  a re-run resumes from it), ``model.pt`` and ``model.safetensors`` at the end;
 - ``result.json`` — the run record (see :func:`train`).
 
 Under ``torchrun`` every rank runs :func:`train`; rank 0 writes every file.
@@ -19,7 +20,6 @@ Under ``torchrun`` every rank runs :func:`train`; rank 0 writes every file.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
@@ -37,8 +37,10 @@ from moescale.train import parallel
 from moescale.train.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
+    remove_checkpoints,
     rng_state,
     save_checkpoint,
+    save_weights,
     set_rng_state,
 )
 from moescale.train.config import TRAIN_SCHEMA_VERSION, TrainConfig, TrainPlan, resolve_plan
@@ -57,7 +59,6 @@ __all__ = ["train", "RESULT_NAME", "CONFIG_NAME", "METRICS_NAME"]
 RESULT_NAME = "result.json"
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
-MODEL_NAME = "model.pt"
 
 
 def _run_key(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
@@ -223,7 +224,8 @@ class _Run:
         if path.is_file():
             with contextlib.suppress(OSError, json.JSONDecodeError):
                 _check_same_run(json.loads(path.read_text()).get("run_key", {}), self.key, path)
-        ckpt = load_checkpoint(self.out / CHECKPOINT_NAME)
+        ckpt = load_checkpoint(self.out, n_steps=self.plan.n_steps,
+                               world_size=self.ctx.world_size, quarantine=self.ctx.is_main)
         if ckpt is None:
             self.metrics.truncate(0)
             return
@@ -258,7 +260,7 @@ class _Run:
             "stat_keys": self.stat_keys,
             "world_size": self.ctx.world_size,
         }
-        save_checkpoint(self.out / CHECKPOINT_NAME, payload)
+        save_checkpoint(self.out, payload)
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
@@ -413,11 +415,9 @@ class _Run:
         final_sd = parallel.model_state(self.model, self.runtime.fsdp)
         if ctx.is_main:
             if status == "completed":
-                buf = io.BytesIO()
-                torch.save(final_sd, buf)
-                atomic_write(self.out / MODEL_NAME, buf.getvalue())
+                save_weights(self.out, final_sd)
             atomic_write(self.out / RESULT_NAME, json.dumps(result, indent=2) + "\n")
-            (self.out / CHECKPOINT_NAME).unlink(missing_ok=True)
+            remove_checkpoints(self.out)
         parallel.barrier(ctx)
         return result
 
