@@ -20,7 +20,7 @@ EXTRA_OF: dict[str, str] = {
     "tensorboard": "tensorboard",
     "ray": "ray",
     "transformers": "hf",
-    "safetensors": "hf",
+    "safetensors": "train",  # final weights are written as safetensors; [hf] has it too
 }
 """Top-level module → the extra of ``pyproject.toml`` that installs it."""
 
