@@ -29,7 +29,7 @@ def test_predict_el_json(capsys):
     rec, err = run_json(capsys, "predict", "el", "--activation-ratio", "0.03125",
                         "--granularity", "12", "--compute", "1e22")
     assert {"el", "law", "in_fitted_range", "inputs", "dense_equivalent", "provenance",
-            "conventions", "crossover_compute"} <= set(rec)
+            "conventions", "break_even_compute"} <= set(rec)
     assert round(rec["el"], 2) == 7.22 and rec["law"] == "ling2025"
     assert rec["in_fitted_range"] is False  # EL >= 6: the paper's held-out region
     assert "EL < 6" in err and "warning" in err
@@ -167,7 +167,7 @@ def test_predict_loss_notes_convention_mismatch(capsys, configs_dir):
     assert code == 0 and "top-1" in err and "2.7e+09" in err
 
 
-def test_predict_el_below_crossover_notes_it(capsys):
+def test_predict_el_below_break_even_notes_it(capsys):
     rec, err = run_json(capsys, "predict", "el", "-A", "0.125", "-G", "2", "-C", "1e14")
-    assert rec["el"] < 1 and rec["crossover_compute"] == pytest.approx(7e14, rel=0.02)
-    assert "crossover" in err and rec["notes"]
+    assert rec["el"] < 1 and rec["break_even_compute"] == pytest.approx(7e14, rel=0.02)
+    assert "break-even" in err and rec["notes"]

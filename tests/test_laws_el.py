@@ -14,7 +14,7 @@ from moescale.laws import (
     ELLaw,
     HyperparameterLaw,
     dense_equivalent,
-    el_crossover_compute,
+    el_break_even_compute,
     forms,
     published_el,
 )
@@ -63,14 +63,14 @@ def test_el_monotone_in_activation_and_compute():
     assert np.all(np.diff(LAW.predict(1 / 32, 8, C)) > 0)  # and grows with C
 
 
-def test_crossover_compute():
-    assert el_crossover_compute(1 / 8, 2) == pytest.approx(7e14, rel=0.02)
-    assert el_crossover_compute(1 / 32, 12) == pytest.approx(3e13, rel=0.02)
+def test_break_even_compute():
+    assert el_break_even_compute(1 / 8, 2) == pytest.approx(7e14, rel=0.02)
+    assert el_break_even_compute(1 / 32, 12) == pytest.approx(3e13, rel=0.02)
     for A, G in [(1 / 8, 2), (1 / 32, 12)]:
-        assert LAW.predict(A, G, el_crossover_compute(A, G)) == pytest.approx(1.0, abs=1e-12)
-        assert LAW.predict(A, G, el_crossover_compute(A, G) / 10) < 1.0
+        assert LAW.predict(A, G, el_break_even_compute(A, G)) == pytest.approx(1.0, abs=1e-12)
+        assert LAW.predict(A, G, el_break_even_compute(A, G) / 10) < 1.0
     with pytest.raises(ConfigError, match="activation_ratio"):
-        el_crossover_compute(1.0, 2)
+        el_break_even_compute(1.0, 2)
 
 
 def test_separable_forms_reproduce_joint_law():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -61,9 +62,25 @@ def test_provenance_and_ranges():
     assert not bad.inside and "[1, 2]" in bad.violations[0] and bad.unknown == ("D",)
 
 
-def test_all_exports_exist():
-    for name in laws.__all__:
-        assert hasattr(laws, name), name
+@pytest.mark.parametrize("name", [n for n in LAWS if n != "eq"])
+def test_every_law_is_a_law_with_a_published_coefficient_set(name):
+    law = get_law(name)
+    assert isinstance(law, laws.Law) and isinstance(law.coefficients, laws.Coefficients)
+    sets = type(law.coefficients).SETS
+    assert law.coefficients in sets.values()
+    with pytest.raises(TypeError):
+        sets["mine"] = law.coefficients  # published sets are read-only
+    # formula() prints every number of the set, as the set holds it
+    printed = {float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", law.formula())}
+    for key, value in law.coefficients.params().items():
+        assert value in printed, (name, key, value, law.formula())
+
+
+def test_unknown_published_set_names_the_choices():
+    with pytest.raises(ConfigError, match="'name' must be one of 'moe_e64', 'dense'"):
+        laws.FGCoefficients.published("moe_e32")
+    with pytest.raises(ConfigError, match="'name' must be one of 'ling2025'"):
+        laws.HyperparameterLaw.published("ling2024")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ PKG = Path(moescale.__file__).parent
 EXPECTED = {
     "moescale.spec": {"ModelSpec", "count_params", "flops_per_token", "summary", "load_spec",
                       "from_hf_config"},
-    "moescale.laws": {"ELLaw", "published_el", "el_crossover_compute", "HyperparameterLaw",
+    "moescale.laws": {"ELLaw", "published_el", "el_break_even_compute", "HyperparameterLaw",
                       "AllocationLaw", "FGLaw", "JointLaw", "ChinchillaLaw", "get_law"},
     "moescale.fit": {"PowerLawFitter", "ChinchillaFitter", "FGFitter", "JointFitter",
                      "ELJointFitter", "ELSeparableFitter", "measure_el", "read_runs",

@@ -119,7 +119,7 @@ def el_cmd(
         ("compute C (Ling M x D)", C),
         ("EL = C_dense / C_moe", rec["el"]),
         ("inside fitted range", str(rec["in_fitted_range"])),
-        ("EL = 1 crossover compute at this G", rec["crossover_compute"]),
+        ("EL = 1 break-even compute at this G", rec["break_even_compute"]),
         ("optimal granularity G*", rec["optimal_granularity"]),
         ("dense compute matching it (C x EL)", eq["dense_compute"]),
         (f"tokens D ({eq['tokens_source']})", eq["tokens"]),

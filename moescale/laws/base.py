@@ -1,10 +1,12 @@
-"""Provenance and fitted ranges shared by every law object.
+"""The scaffolding every law shares: coefficient sets, laws, provenance, fitted ranges.
 
-A law object (:mod:`moescale.laws`) is a pure form (:mod:`moescale.laws.forms`)
-plus a coefficient set. The coefficient set carries where its numbers come from
-(:class:`Provenance`) and the region of inputs they were fitted on
-(:class:`FittedRange`), because a different fit (e.g. one from
-:mod:`moescale.fit` on the user's own runs) has its own source and its own range.
+A law object (:class:`Law`) is a pure form (:mod:`moescale.laws.forms`) plus a
+coefficient set (:class:`Coefficients`). The coefficient set carries where its numbers
+come from (:class:`Provenance`) and the region of inputs they were fitted on
+(:class:`FittedRange`), because a different fit (e.g. one from :mod:`moescale.fit` on
+the user's own runs) has its own source and its own range. Published sets are
+registered once on their class (:meth:`Coefficients.register`); nothing outside
+:mod:`moescale.laws` writes a published number (others print ``law.formula()``).
 
 Status letters follow ``shared/data/scaling_law_coefficients.json``:
 ``V`` verbatim from the source, ``R`` reproduced numerically, ``I`` inferred or
@@ -14,7 +16,10 @@ derived, ``M`` missing (not published or not retrieved), ``F`` fitted by the use
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -26,6 +31,9 @@ __all__ = [
     "Interval",
     "FittedRange",
     "RangeReport",
+    "Coefficients",
+    "Law",
+    "LossLaw",
     "USER_FIT",
     "check_positive",
     "as_scalar_or_array",
@@ -217,3 +225,151 @@ def check_positive(
             shown = v if arr.ndim == 0 else f"{v} (in an array)"
             raise ConfigError(f"{name!r} must be a number in {interval}; got {shown}")
     return arr
+
+
+def format_number(x: float) -> str:
+    """Shortest text that reads back as ``x`` (``repr``), exponent without ``+``."""
+    return repr(float(x)).replace("e+", "e")
+
+
+_C = TypeVar("_C", bound="Coefficients")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Coefficients:
+    """A coefficient set of one law form: finite numbers, provenance, fitted range.
+
+    A subclass declares its numbers as fields, lists the form's keyword arguments in
+    ``NAMES`` and may add constraints in :meth:`validate`; its published sets are
+    registered once with :meth:`register` and read back with :meth:`published`.
+    """
+
+    provenance: Provenance = USER_FIT
+    fitted_range: FittedRange = field(default_factory=FittedRange)
+
+    NAMES: ClassVar[tuple[str, ...]] = ()
+    """The numbers of the set, i.e. the form's keyword arguments (:meth:`params`)."""
+    SETS: ClassVar[Mapping[str, Coefficients]] = MappingProxyType({})
+    DEFAULT: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        finite_params(self, self.NAMES)
+        self.validate()
+
+    def validate(self) -> None:
+        """Constraints beyond finiteness; raise :class:`ConfigError` naming the field."""
+
+    def params(self) -> dict[str, float]:
+        """``{name: value}`` of :attr:`NAMES` (the form's keyword arguments)."""
+        return finite_params(self, self.NAMES)
+
+    @classmethod
+    def register(cls: type[_C], sets: dict[str, _C], *, default: str) -> Mapping[str, _C]:
+        """Make ``sets`` the class's published sets (read-only), ``default`` the default."""
+        cls.SETS = MappingProxyType(dict(sets))
+        cls.DEFAULT = default
+        return cls.SETS
+
+    @classmethod
+    def published(cls: type[_C], name: str | None = None) -> _C:
+        """The published set ``name`` (default :attr:`DEFAULT`)."""
+        name = cls.DEFAULT if name is None else name
+        try:
+            return cls.SETS[name]
+        except KeyError:
+            raise ConfigError(
+                f"'name' must be one of {', '.join(map(repr, cls.SETS))}; got {name!r}"
+            ) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Law:
+    """A law form with a coefficient set; subclasses add the form's methods.
+
+    Class attributes name the form: ``KIND`` (``loss``, ``efficiency_leverage``, ...),
+    ``EQUATION`` (text), ``CONVENTIONS`` (the convention of every input) and
+    ``COEFFICIENTS`` (the :class:`Coefficients` subclass holding its published sets).
+    """
+
+    coefficients: Coefficients
+    name: str = ""
+
+    KIND: ClassVar[str] = ""
+    EQUATION: ClassVar[str] = ""
+    CONVENTIONS: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    COEFFICIENTS: ClassVar[type[Coefficients]] = Coefficients
+
+    @classmethod
+    def published(cls, name: str | None = None) -> Any:
+        """The law with the published coefficient set ``name``."""
+        coefficients = cls.COEFFICIENTS.published(name)
+        return cls(coefficients=coefficients,
+                   name=cls.law_name(cls.COEFFICIENTS.DEFAULT if name is None else name))
+
+    @classmethod
+    def law_name(cls, set_name: str) -> str:
+        """Registry name of the law built on the published set ``set_name``."""
+        return set_name
+
+    @property
+    def conventions(self) -> dict[str, str]:
+        return dict(self.CONVENTIONS)
+
+    @property
+    def provenance(self) -> Provenance:
+        return self.coefficients.provenance
+
+    @property
+    def fitted_range(self) -> FittedRange:
+        return self.coefficients.fitted_range
+
+    def formula(self) -> str:
+        """The equation followed by this law's numbers."""
+        nums = ", ".join(f"{k} = {format_number(v)}" for k, v in self.coefficients.params().items())
+        return f"{self.EQUATION} with {nums}"
+
+    def check_range(self, *inputs: float) -> RangeReport:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def in_range(self, *inputs: float) -> bool:
+        """Whether :meth:`check_range` finds every input inside the fitted range."""
+        return self.check_range(*inputs).inside
+
+    def describe(self) -> dict:
+        """Name, kind, equation, coefficients, provenance, conventions, fitted range."""
+        return {
+            "name": self.name,
+            "kind": self.KIND,
+            "equation": self.EQUATION,
+            "coefficients": self.coefficients.params(),
+            "provenance": self.provenance.as_dict(),
+            "conventions": self.conventions,
+            "fitted_range": self.fitted_range.as_dict(),
+        }
+
+
+class LossLaw(Protocol):
+    """A loss law ``L(N, D, ...)`` usable by ``moescale predict loss`` and ``optimum``.
+
+    Inputs are an ordered ``{"params", "tokens", ...}`` dict in the law's own
+    conventions (``N_CONVENTION`` says what ``params`` counts); ``predict`` and
+    ``check_range`` take them positionally in that order.
+    """
+
+    name: str
+    N_CONVENTION: ClassVar[str]
+
+    def inputs_from_spec(self, spec: Any, tokens: float) -> tuple[dict[str, float], list[str]]:
+        """The law's inputs for a :class:`ModelSpec` trained on ``tokens``, and notes."""
+
+    def inputs_from_args(self, params: float | None, tokens: float, *,
+                         granularity_fg: float | None = None,
+                         experts: float | None = None) -> dict[str, float]:
+        """The law's inputs from explicit numbers; :class:`ConfigError` names what is missing."""
+
+    def predict(self, *inputs: Any) -> Any: ...
+
+    def check_range(self, *inputs: float) -> RangeReport: ...
+
+    def optimum(self, compute: float, *, experts: float | None = None) -> dict[str, Any]:
+        """Compute-optimal allocation at ``compute`` (the law's own FLOPs convention)."""

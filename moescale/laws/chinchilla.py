@@ -10,7 +10,7 @@ are unrelated to the expert count E and activation ratio A elsewhere in moescale
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -18,15 +18,17 @@ from numpy.typing import ArrayLike
 from moescale.errors import ConfigError
 from moescale.laws import forms
 from moescale.laws.base import (
-    USER_FIT,
+    Coefficients,
     FittedRange,
     Interval,
+    Law,
     Provenance,
     RangeReport,
     as_scalar_or_array,
     check_positive,
-    finite_params,
 )
+from moescale.spec.accounting import count_params
+from moescale.spec.model_spec import ModelSpec
 
 __all__ = ["ChinchillaCoefficients", "ChinchillaLaw", "CHINCHILLA_SETS", "CHIN_CONVENTIONS"]
 
@@ -60,7 +62,7 @@ _EPOCH_RANGE = FittedRange(
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChinchillaCoefficients:
+class ChinchillaCoefficients(Coefficients):
     """``E, A, B, alpha, beta`` of ``L = E + A·N^-α + B·D^-β``."""
 
     E: float
@@ -68,22 +70,16 @@ class ChinchillaCoefficients:
     B: float
     alpha: float
     beta: float
-    provenance: Provenance = USER_FIT
-    fitted_range: FittedRange = field(default_factory=FittedRange)
 
-    _NAMES = ("E", "A", "B", "alpha", "beta")
+    NAMES = ("E", "A", "B", "alpha", "beta")
 
-    def __post_init__(self) -> None:
-        finite_params(self, self._NAMES)
+    def validate(self) -> None:
         for name in ("A", "B", "alpha", "beta"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name!r} must be > 0; got {getattr(self, name)}")
 
-    def params(self) -> dict[str, float]:
-        return finite_params(self, self._NAMES)
 
-
-CHINCHILLA_SETS: dict[str, ChinchillaCoefficients] = {
+CHINCHILLA_SETS = ChinchillaCoefficients.register({
     "chinchilla": ChinchillaCoefficients(
         E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, fitted_range=_CHIN_RANGE,
         provenance=Provenance(paper=_CHIN_PAPER, arxiv="2203.15556",
@@ -108,11 +104,11 @@ CHINCHILLA_SETS: dict[str, ChinchillaCoefficients] = {
                               locator="notebook 'Replicate exactly': summed Huber (1e-3) in "
                               "log space, L-BFGS over the Chinchilla init grid", status="V"),
     ),
-}
+}, default="chinchilla")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChinchillaLaw:
+class ChinchillaLaw(Law):
     """The Chinchilla parametric loss with a named coefficient set.
 
     Examples
@@ -125,23 +121,12 @@ class ChinchillaLaw:
 
     coefficients: ChinchillaCoefficients
     name: str = "chinchilla"
-    conventions: dict = field(default_factory=lambda: dict(CHIN_CONVENTIONS), compare=False)
 
-    @classmethod
-    def published(cls, name: str = "chinchilla") -> ChinchillaLaw:
-        if name not in CHINCHILLA_SETS:
-            raise ConfigError(
-                f"'name' must be one of {', '.join(map(repr, CHINCHILLA_SETS))}; got {name!r}"
-            )
-        return cls(coefficients=CHINCHILLA_SETS[name], name=name)
-
-    @property
-    def provenance(self) -> Provenance:
-        return self.coefficients.provenance
-
-    @property
-    def fitted_range(self) -> FittedRange:
-        return self.coefficients.fitted_range
+    KIND = "loss"
+    EQUATION = "L = E + A*N^-alpha + B*D^-beta"
+    CONVENTIONS = CHIN_CONVENTIONS
+    COEFFICIENTS = ChinchillaCoefficients
+    N_CONVENTION = "dense parameters as counted by Chinchilla"
 
     def predict(self, N: ArrayLike, D: ArrayLike) -> float | np.ndarray:
         """Loss at N parameters and D tokens."""
@@ -166,16 +151,21 @@ class ChinchillaLaw:
     def check_range(self, N: float, D: float) -> RangeReport:
         return self.fitted_range.check(N=N, D=D, compute=6.0 * N * D)
 
-    def in_range(self, N: float, D: float) -> bool:
-        return self.check_range(N, D).inside
+    # ------------------------------------------------------------------ LossLaw
+    def inputs_from_spec(self, spec: ModelSpec, tokens: float) -> tuple[dict, list[str]]:
+        """N = total parameters (accounting, embeddings included) of a dense spec."""
+        if spec.is_moe:
+            raise ConfigError(f"law {self.name!r} is a dense law; the spec is an MoE")
+        return {"params": count_params(spec).total, "tokens": tokens}, []
 
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "kind": "loss",
-            "equation": "L = E + A*N^-alpha + B*D^-beta",
-            "coefficients": self.coefficients.params(),
-            "provenance": self.provenance.as_dict(),
-            "conventions": dict(self.conventions),
-            "fitted_range": self.fitted_range.as_dict(),
-        }
+    def inputs_from_args(self, params: float | None, tokens: float, *,
+                         granularity_fg: float | None = None,
+                         experts: float | None = None) -> dict[str, float]:
+        if params is None:
+            raise ConfigError(f"'params' (N, dense parameters) is required for law {self.name!r}")
+        return {"params": params, "tokens": tokens}
+
+    def optimum(self, compute: float, *, experts: float | None = None) -> dict:
+        N, D = self.compute_optimal(compute)
+        return {"compute": compute, "params": float(N), "tokens": float(D),
+                "loss": float(self.predict(N, D)), "flops_convention": "6*N*D"}

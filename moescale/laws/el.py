@@ -14,7 +14,7 @@ transform of A. EL > 1 means the MoE needs less compute than dense for the same 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -22,14 +22,14 @@ from numpy.typing import ArrayLike
 from moescale.errors import ConfigError
 from moescale.laws import forms
 from moescale.laws.base import (
-    USER_FIT,
+    Coefficients,
     FittedRange,
     Interval,
+    Law,
     Provenance,
     RangeReport,
     as_scalar_or_array,
     check_positive,
-    finite_params,
 )
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
     "EL_CONVENTIONS",
     "EL_FIT_THRESHOLD",
     "published_el",
-    "el_crossover_compute",
+    "el_break_even_compute",
 ]
 
 EL_CONVENTIONS: dict[str, str] = {
@@ -75,13 +75,13 @@ _EL_RANGE = FittedRange(
     ),
     unknown=("compute",),
     note="the compute range of the fitted points is not stated in LAWS.md or the coefficient "
-    "file; it is reported as unknown rather than guessed. The law's EL = 1 crossover "
-    "(el_crossover_compute) marks where it predicts MoE no better than dense.",
+    "file; it is reported as unknown rather than guessed. The law's EL = 1 break-even "
+    "compute (el_break_even_compute) marks where it predicts MoE no better than dense.",
 )
 
 
 @dataclass(frozen=True, kw_only=True)
-class ELCoefficients:
+class ELCoefficients(Coefficients):
     """Coefficients of [EL] Eq. 13 (published or fitted by :mod:`moescale.fit`).
 
     Examples
@@ -97,33 +97,25 @@ class ELCoefficients:
     beta: float
     A_start: float
     A_max: float
-    provenance: Provenance = USER_FIT
-    fitted_range: FittedRange = field(default_factory=FittedRange)
 
-    _NAMES = ("a", "d", "gamma", "beta", "A_start", "A_max")
+    NAMES = ("a", "d", "gamma", "beta", "A_start", "A_max")
 
-    def __post_init__(self) -> None:
-        finite_params(self, self._NAMES)
+    def validate(self) -> None:
         if not 0 < self.A_start < self.A_max:
             raise ConfigError(
                 f"'A_start' must be in (0, A_max={self.A_max:g}); got {self.A_start!r}"
             )
 
-    def params(self) -> dict[str, float]:
-        """The form's keyword arguments (for :func:`moescale.laws.forms.el_joint`)."""
-        return finite_params(self, self._NAMES)
 
-    @classmethod
-    def published(cls, name: str = "ling2025") -> ELCoefficients:
-        """The published coefficient set ``ling2025`` ([EL] Eq. 13, LAWS.md §3)."""
-        if name != "ling2025":
-            raise ConfigError(f"'name' must be one of 'ling2025'; got {name!r}")
-        return cls(a=1.23, d=-7.61e-2, gamma=1.67e-2, beta=-1.17e-1, A_start=1.63e-2,
-                   A_max=5.28e16, provenance=_EL_PROVENANCE, fitted_range=_EL_RANGE)
+ELCoefficients.register({
+    "ling2025": ELCoefficients(a=1.23, d=-7.61e-2, gamma=1.67e-2, beta=-1.17e-1,
+                               A_start=1.63e-2, A_max=5.28e16, provenance=_EL_PROVENANCE,
+                               fitted_range=_EL_RANGE),
+}, default="ling2025")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ELLaw:
+class ELLaw(Law):
     """[EL] joint Efficiency Leverage law: a form plus a coefficient set.
 
     Examples
@@ -137,19 +129,11 @@ class ELLaw:
 
     coefficients: ELCoefficients
     name: str = "ling2025"
-    conventions: dict = field(default_factory=lambda: dict(EL_CONVENTIONS), compare=False)
 
-    @classmethod
-    def published(cls, name: str = "ling2025") -> ELLaw:
-        return cls(coefficients=ELCoefficients.published(name), name=name)
-
-    @property
-    def provenance(self) -> Provenance:
-        return self.coefficients.provenance
-
-    @property
-    def fitted_range(self) -> FittedRange:
-        return self.coefficients.fitted_range
+    KIND = "efficiency_leverage"
+    EQUATION = "EL = Ahat^(a + d*log10 C + gamma*(log2 G)^2 + beta*log2 G)"
+    CONVENTIONS = EL_CONVENTIONS
+    COEFFICIENTS = ELCoefficients
 
     # ------------------------------------------------------------------ evaluation
     @staticmethod
@@ -195,8 +179,11 @@ class ELLaw:
             raise ConfigError(f"'gamma' must be > 0 for an optimal granularity; got {c.gamma}")
         return 2.0 ** (-c.beta / (2.0 * c.gamma))
 
-    def crossover_compute(self, G: ArrayLike) -> float | np.ndarray:
+    def break_even_compute(self, G: ArrayLike) -> float | np.ndarray:
         """Compute C where EL = 1 (exponent 0) at granularity G, for every A < 1.
+
+        Not a frontier crossing (:func:`moescale.fit.leverage`): it is where Eq. 13
+        itself predicts the MoE and dense equally good.
 
         ``log10 C = −(a + γ·(log2 G)² + β·log2 G)/d``. With d < 0, MoE beats dense
         (EL > 1) above this compute and loses to it below; the law is an extrapolation there.
@@ -204,7 +191,7 @@ class ELLaw:
         (G,) = self._validate(None, G, None)
         c = self.coefficients
         if c.d == 0:
-            raise ConfigError("'d' must be non-zero for an EL = 1 crossover; got 0")
+            raise ConfigError("'d' must be non-zero for an EL = 1 break-even compute; got 0")
         lg = np.log2(G)
         return as_scalar_or_array(10.0 ** (-(c.a + c.gamma * lg**2 + c.beta * lg) / c.d))
 
@@ -254,21 +241,6 @@ class ELLaw:
         el = float(self.predict(A, G, C))
         return self.fitted_range.check(activation_ratio=A, granularity=G, compute=C, el=el)
 
-    def in_range(self, A: float, G: float, C: float) -> bool:
-        """Whether A, G and the predicted EL lie in the fitted region (C: range unknown)."""
-        return self.check_range(A, G, C).inside
-
-    def describe(self) -> dict:
-        """Name, coefficients, provenance, conventions and fitted range as a plain dict."""
-        return {
-            "name": self.name,
-            "kind": "efficiency_leverage",
-            "equation": "EL = Ahat^(a + d*log10 C + gamma*(log2 G)^2 + beta*log2 G)",
-            "coefficients": self.coefficients.params(),
-            "provenance": self.provenance.as_dict(),
-            "conventions": dict(self.conventions),
-            "fitted_range": self.fitted_range.as_dict(),
-        }
 
 
 _PUBLISHED = ELLaw.published("ling2025")
@@ -283,11 +255,11 @@ def published_el(A: ArrayLike, G: ArrayLike, C: ArrayLike) -> float | np.ndarray
     return _PUBLISHED.predict(A, G, C)
 
 
-def el_crossover_compute(A: float, G: ArrayLike) -> float | np.ndarray:
+def el_break_even_compute(A: float, G: ArrayLike) -> float | np.ndarray:
     """Compute where the published Eq. 13 gives EL = 1 (independent of A for A < 1).
 
     ``A`` is validated (0 < A < 1: at A = 1 there is no MoE and Â ≈ 1) but does not
     enter: Â^0 = 1 for every A. Example: A = 1/8, G = 2 → ≈ 7e14 FLOPs.
     """
     check_positive("activation_ratio", A, high=1.0, high_inclusive=False)
-    return _PUBLISHED.crossover_compute(G)
+    return _PUBLISHED.break_even_compute(G)

@@ -22,14 +22,16 @@ from numpy.typing import ArrayLike
 from moescale.errors import ConfigError, check_range
 from moescale.laws import forms
 from moescale.laws.base import (
-    USER_FIT,
+    Coefficients,
     FittedRange,
+    Law,
     Provenance,
     RangeReport,
     as_scalar_or_array,
     check_positive,
-    finite_params,
 )
+from moescale.spec.accounting import count_params
+from moescale.spec.model_spec import ModelSpec
 
 __all__ = [
     "FGCoefficients",
@@ -62,7 +64,7 @@ _FG_RANGE = FittedRange(
 
 
 @dataclass(frozen=True, kw_only=True)
-class FGCoefficients:
+class FGCoefficients(Coefficients):
     """``a, alpha, b, beta, g, gamma, c`` of [FG] Eq. 9 (g = 0: the dense row)."""
 
     a: float
@@ -74,24 +76,18 @@ class FGCoefficients:
     c: float
     E: int = 64
     """Expansion rate the set was fitted at (1 for the dense row)."""
-    provenance: Provenance = USER_FIT
-    fitted_range: FittedRange = field(default_factory=FittedRange)
 
-    _NAMES = ("a", "alpha", "b", "beta", "g", "gamma", "c")
+    NAMES = ("a", "alpha", "b", "beta", "g", "gamma", "c")
 
-    def __post_init__(self) -> None:
-        finite_params(self, self._NAMES)
+    def validate(self) -> None:
         check_range("E", self.E, low=1, integer=True)
 
     @property
     def is_dense(self) -> bool:
         return self.g == 0.0 and self.E == 1
 
-    def params(self) -> dict[str, float]:
-        return finite_params(self, self._NAMES)
 
-
-FG_SETS: dict[str, FGCoefficients] = {
+FG_SETS = FGCoefficients.register({
     "moe_e64": FGCoefficients(
         a=18.1, alpha=0.115, b=30.8, beta=0.147, g=2.1, gamma=0.58, c=0.47, E=64,
         fitted_range=_FG_RANGE,
@@ -117,7 +113,7 @@ FG_SETS: dict[str, FGCoefficients] = {
         provenance=Provenance(paper=_FG_PAPER, arxiv="2402.07871",
                               locator="Table 8, MoE E=16", status="V"),
     ),
-}
+}, default="moe_e64")
 
 
 def fg_shape(n_blocks: ArrayLike, E: int, G_fg: ArrayLike) -> dict[str, np.ndarray]:
@@ -179,7 +175,7 @@ class FGOptimum:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FGLaw:
+class FGLaw(Law):
     """[FG] loss law ``L = c + (g/G_fg^γ + a)·N^-α + b·D^-β`` with a coefficient set.
 
     Examples
@@ -192,23 +188,16 @@ class FGLaw:
 
     coefficients: FGCoefficients
     name: str = "fg"
-    conventions: dict = field(default_factory=lambda: dict(FG_CONVENTIONS), compare=False)
+
+    KIND = "loss"
+    EQUATION = "L = c + (g/G_fg^gamma + a)*N^-alpha + b*D^-beta"
+    CONVENTIONS = FG_CONVENTIONS
+    COEFFICIENTS = FGCoefficients
+    N_CONVENTION = "total non-embedding parameters (FG shapes)"
 
     @classmethod
-    def published(cls, name: str = "moe_e64") -> FGLaw:
-        if name not in FG_SETS:
-            raise ConfigError(
-                f"'name' must be one of {', '.join(map(repr, FG_SETS))}; got {name!r}"
-            )
-        return cls(coefficients=FG_SETS[name], name="fg" if name == "moe_e64" else f"fg-{name}")
-
-    @property
-    def provenance(self) -> Provenance:
-        return self.coefficients.provenance
-
-    @property
-    def fitted_range(self) -> FittedRange:
-        return self.coefficients.fitted_range
+    def law_name(cls, set_name: str) -> str:
+        return "fg" if set_name == "moe_e64" else f"fg-{set_name}"
 
     def predict(self, N: ArrayLike, D: ArrayLike, G_fg: ArrayLike = 1.0) -> float | np.ndarray:
         """Loss at N total non-embedding params, D tokens, granularity G_fg (FG convention)."""
@@ -265,16 +254,41 @@ class FGLaw:
     def check_range(self, N: float, D: float, G_fg: float | None = None) -> RangeReport:
         return self.fitted_range.check(N=N, D=D, granularity_fg=G_fg)
 
-    def in_range(self, N: float, D: float, G_fg: float | None = None) -> bool:
-        return self.check_range(N, D, G_fg).inside
-
     def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "kind": "loss",
-            "equation": "L = c + (g/G_fg^gamma + a)*N^-alpha + b*D^-beta",
-            "coefficients": {**self.coefficients.params(), "E": self.coefficients.E},
-            "provenance": self.provenance.as_dict(),
-            "conventions": dict(self.conventions),
-            "fitted_range": self.fitted_range.as_dict(),
-        }
+        out = super().describe()
+        out["coefficients"]["E"] = self.coefficients.E
+        return out
+
+    # ------------------------------------------------------------------ LossLaw
+    def inputs_from_spec(self, spec: ModelSpec, tokens: float) -> tuple[dict, list[str]]:
+        """N = non-embedding params (accounting), G_fg = 4d/d_expert (1 for dense)."""
+        notes = []
+        c = self.coefficients
+        if spec.is_moe and c.is_dense:
+            raise ConfigError(f"law {self.name!r} is the dense row; the spec is an MoE")
+        if spec.is_moe and spec.n_experts / spec.top_k != c.E:
+            notes.append(
+                f"law {self.name!r} was fitted at expansion rate E = {c.E} "
+                f"(experts/top_k); this spec has {spec.n_experts / spec.top_k:g}"
+            )
+        G = spec.granularity_fg if spec.is_moe else 1.0
+        return {"params": count_params(spec).non_embedding, "tokens": tokens,
+                "granularity_fg": G}, notes
+
+    def inputs_from_args(self, params: float | None, tokens: float, *,
+                         granularity_fg: float | None = None,
+                         experts: float | None = None) -> dict[str, float]:
+        if params is None:
+            raise ConfigError("'params' (N, total non-embedding) is required for FG laws")
+        if granularity_fg is None and not self.coefficients.is_dense:
+            raise ConfigError("'granularity_fg' (G_fg = d_ffn/d_expert) is required for "
+                              f"law {self.name!r}")
+        G = 1.0 if granularity_fg is None else granularity_fg
+        return {"params": params, "tokens": tokens, "granularity_fg": G}
+
+    def optimum(self, compute: float, *, experts: float | None = None) -> dict:
+        if self.coefficients.is_dense:
+            raise ConfigError(f"law {self.name!r} is the dense FG row; use 'fg' for the MoE "
+                              "optimum")
+        return {**self.compute_optimal(compute).as_dict(),
+                "flops_convention": "fg (router included)"}

@@ -14,24 +14,28 @@ The dense Eq. 3 law is shown only in a figure (no coefficients): none is provide
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from moescale.errors import ConfigError
 from moescale.laws.base import (
-    USER_FIT,
+    Coefficients,
     FittedRange,
+    Law,
     Provenance,
+    RangeReport,
     as_scalar_or_array,
     check_positive,
-    finite_params,
+    format_number,
 )
 
 __all__ = [
     "PowerLaw",
+    "HyperparameterCoefficients",
     "HyperparameterLaw",
+    "AllocationCoefficients",
     "AllocationLaw",
     "HPARAM_CONVENTIONS",
 ]
@@ -49,23 +53,16 @@ _UNKNOWN_RANGE = FittedRange(
 )
 
 
-def _num(x: float) -> str:
-    """Shortest text that reads back as ``x`` (``repr``), exponent without ``+``."""
-    return repr(float(x)).replace("e+", "e")
-
-
 @dataclass(frozen=True, kw_only=True)
-class PowerLaw:
+class PowerLaw(Coefficients):
     """``y = coefficient · C^exponent`` with provenance."""
 
     coefficient: float
     exponent: float
-    provenance: Provenance = USER_FIT
 
-    _NAMES = ("coefficient", "exponent")
+    NAMES = ("coefficient", "exponent")
 
-    def __post_init__(self) -> None:
-        finite_params(self, self._NAMES)
+    def validate(self) -> None:
         if self.coefficient <= 0:
             raise ConfigError(f"'coefficient' must be > 0; got {self.coefficient}")
 
@@ -75,7 +72,7 @@ class PowerLaw:
 
     def formula(self, variable: str = "C") -> str:
         """The law as text with its numbers, e.g. ``0.0655·C^0.5422``."""
-        return f"{_num(self.coefficient)}·{variable}^{_num(self.exponent)}"
+        return f"{format_number(self.coefficient)}·{variable}^{format_number(self.exponent)}"
 
     def inverse(self, y: ArrayLike) -> float | np.ndarray:
         """C such that ``coefficient · C^exponent = y``."""
@@ -98,7 +95,83 @@ _T1 = Provenance(
 
 
 @dataclass(frozen=True, kw_only=True)
-class HyperparameterLaw:
+class HyperparameterCoefficients(Coefficients):
+    """``lr = lr_coefficient·C^lr_exponent``, ``B_tokens = batch_coefficient·C^batch_exponent``."""
+
+    lr_coefficient: float
+    lr_exponent: float
+    batch_coefficient: float
+    batch_exponent: float
+
+    NAMES = ("lr_coefficient", "lr_exponent", "batch_coefficient", "batch_exponent")
+
+    def validate(self) -> None:
+        self.learning_rate_law()
+        self.batch_law()
+
+    def learning_rate_law(self) -> PowerLaw:
+        return PowerLaw(coefficient=self.lr_coefficient, exponent=self.lr_exponent,
+                        provenance=self.provenance)
+
+    def batch_law(self) -> PowerLaw:
+        return PowerLaw(coefficient=self.batch_coefficient, exponent=self.batch_exponent,
+                        provenance=self.provenance)
+
+
+HyperparameterCoefficients.register({
+    "ling2025": HyperparameterCoefficients(
+        lr_coefficient=1.1576, lr_exponent=-0.1529, batch_coefficient=0.0694,
+        batch_exponent=0.3644, provenance=_EQ3, fitted_range=_UNKNOWN_RANGE),
+}, default="ling2025")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AllocationCoefficients(Coefficients):
+    """``M_opt = m·C^mu`` (FLOPs per token) and ``D_opt = n·C^nu`` (tokens)."""
+
+    m: float
+    mu: float
+    n: float
+    nu: float
+
+    NAMES = ("m", "mu", "n", "nu")
+
+    def validate(self) -> None:
+        self.flops_per_token_law()
+        self.tokens_law()
+
+    def flops_per_token_law(self) -> PowerLaw:
+        return PowerLaw(coefficient=self.m, exponent=self.mu, provenance=self.provenance)
+
+    def tokens_law(self) -> PowerLaw:
+        return PowerLaw(coefficient=self.n, exponent=self.nu, provenance=self.provenance)
+
+
+AllocationCoefficients.register({
+    "dense": AllocationCoefficients(m=0.0655, mu=0.5422, n=15.2582, nu=0.4578, provenance=_T1,
+                                    fitted_range=_UNKNOWN_RANGE),
+    "moe": AllocationCoefficients(m=0.1915, mu=0.5095, n=5.2232, nu=0.4905, provenance=_T1,
+                                  fitted_range=_UNKNOWN_RANGE),
+}, default="moe")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ComputeLaw(Law):
+    """A law of the compute C alone, for one architecture (``arch``)."""
+
+    arch: str = "moe"
+
+    CONVENTIONS = HPARAM_CONVENTIONS
+
+    def check_range(self, C: float) -> RangeReport:
+        return self.fitted_range.check(compute=C)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "arch": self.arch}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HyperparameterLaw(_ComputeLaw):
     """[EL] Eq. 3: optimal peak learning rate and batch size (tokens) vs compute.
 
     Examples
@@ -108,26 +181,33 @@ class HyperparameterLaw:
     ('0.001013', '1.35e+06')
     """
 
-    learning_rate_law: PowerLaw
-    batch_law: PowerLaw
+    coefficients: HyperparameterCoefficients
     name: str = "ling2025-hparams"
-    arch: str = "moe"
-    fitted_range: FittedRange = _UNKNOWN_RANGE
-    conventions: dict = field(default_factory=lambda: dict(HPARAM_CONVENTIONS), compare=False)
+
+    KIND = "hyperparameters"
+    EQUATION = "lr = lr_coefficient*C^lr_exponent; B_tokens = batch_coefficient*C^batch_exponent"
+    COEFFICIENTS = HyperparameterCoefficients
 
     @classmethod
-    def published(cls, name: str = "ling2025") -> HyperparameterLaw:
+    def law_name(cls, set_name: str) -> str:
+        return f"{set_name}-hparams"
+
+    @classmethod
+    def published(cls, name: str | None = None) -> HyperparameterLaw:
         """The MoE law of [EL] Eq. 3 (the only one with published coefficients)."""
-        if name not in ("ling2025", "ling2025-hparams"):
-            raise ConfigError(f"'name' must be 'ling2025'; got {name!r}")
-        return cls(
-            learning_rate_law=PowerLaw(coefficient=1.1576, exponent=-0.1529, provenance=_EQ3),
-            batch_law=PowerLaw(coefficient=0.0694, exponent=0.3644, provenance=_EQ3),
-        )
+        return super().published(name.removesuffix("-hparams") if name else name)
 
     @property
-    def provenance(self) -> Provenance:
-        return self.learning_rate_law.provenance
+    def learning_rate_law(self) -> PowerLaw:
+        return self.coefficients.learning_rate_law()
+
+    @property
+    def batch_law(self) -> PowerLaw:
+        return self.coefficients.batch_law()
+
+    def formula(self) -> str:
+        """``lr = 1.1576·C^-0.1529; B_tokens = ...`` with this law's numbers."""
+        return f"lr = {self.learning_rate_law.formula()}; B_tokens = {self.batch_law.formula()}"
 
     def learning_rate(self, C: ArrayLike) -> float | np.ndarray:
         """Optimal peak learning rate at compute C (Ling M·D FLOPs)."""
@@ -137,11 +217,6 @@ class HyperparameterLaw:
         """Optimal batch size in tokens at compute C."""
         return self.batch_law(C)
 
-    def formula(self) -> str:
-        """``lr = 1.1576·C^-0.1529; B_tokens = ...`` with this law's numbers."""
-        return (f"lr = {self.learning_rate_law.formula()}; "
-                f"B_tokens = {self.batch_law.formula()}")
-
     def predict(self, C: float) -> dict[str, float]:
         """``{"compute", "learning_rate", "batch_tokens"}`` at compute C."""
         return {
@@ -150,26 +225,9 @@ class HyperparameterLaw:
             "batch_tokens": float(self.batch_tokens(C)),
         }
 
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "kind": "hyperparameters",
-            "arch": self.arch,
-            "equation": "lr = c_lr*C^e_lr; B_tokens = c_B*C^e_B",
-            "coefficients": {
-                "lr_coefficient": self.learning_rate_law.coefficient,
-                "lr_exponent": self.learning_rate_law.exponent,
-                "batch_coefficient": self.batch_law.coefficient,
-                "batch_exponent": self.batch_law.exponent,
-            },
-            "provenance": self.provenance.as_dict(),
-            "conventions": dict(self.conventions),
-            "fitted_range": self.fitted_range.as_dict(),
-        }
-
 
 @dataclass(frozen=True, kw_only=True)
-class AllocationLaw:
+class AllocationLaw(_ComputeLaw):
     """[EL] Table 1: compute-optimal FLOPs per token M and tokens D for a budget C.
 
     ``M_opt·D_opt`` equals C only to the rounding of the published constants
@@ -183,32 +241,34 @@ class AllocationLaw:
     '2.97e+09'
     """
 
-    flops_per_token_law: PowerLaw
-    tokens_law: PowerLaw
-    arch: str
-    name: str = ""
-    fitted_range: FittedRange = _UNKNOWN_RANGE
-    conventions: dict = field(default_factory=lambda: dict(HPARAM_CONVENTIONS), compare=False)
+    coefficients: AllocationCoefficients
+    name: str = "ling2025-allocation-moe"
+
+    KIND = "allocation"
+    EQUATION = "M_opt = m*C^mu; D_opt = n*C^nu"
+    COEFFICIENTS = AllocationCoefficients
 
     @classmethod
-    def published(cls, arch: str = "moe") -> AllocationLaw:
+    def published(cls, arch: str | None = None) -> AllocationLaw:
         """Table 1 row ``dense`` or ``moe``."""
-        if arch == "dense":
-            m, d = (0.0655, 0.5422), (15.2582, 0.4578)
-        elif arch == "moe":
-            m, d = (0.1915, 0.5095), (5.2232, 0.4905)
-        else:
+        if arch is not None and arch not in AllocationCoefficients.SETS:
             raise ConfigError(f"'arch' must be one of 'dense', 'moe'; got {arch!r}")
-        return cls(
-            flops_per_token_law=PowerLaw(coefficient=m[0], exponent=m[1], provenance=_T1),
-            tokens_law=PowerLaw(coefficient=d[0], exponent=d[1], provenance=_T1),
-            arch=arch,
-            name=f"ling2025-allocation-{arch}",
-        )
+        arch = arch or AllocationCoefficients.DEFAULT
+        return cls(coefficients=AllocationCoefficients.published(arch), arch=arch,
+                   name=f"ling2025-allocation-{arch}")
 
     @property
-    def provenance(self) -> Provenance:
-        return self.flops_per_token_law.provenance
+    def flops_per_token_law(self) -> PowerLaw:
+        return self.coefficients.flops_per_token_law()
+
+    @property
+    def tokens_law(self) -> PowerLaw:
+        return self.coefficients.tokens_law()
+
+    def formula(self) -> str:
+        """``M_opt = m·C^μ; D_opt = n·C^ν`` with this law's numbers."""
+        return (f"M_opt = {self.flops_per_token_law.formula()}; "
+                f"D_opt = {self.tokens_law.formula()}")
 
     def flops_per_token(self, C: ArrayLike) -> float | np.ndarray:
         """Compute-optimal Ling M (training FLOPs per token, non-embedding)."""
@@ -218,11 +278,6 @@ class AllocationLaw:
         """Compute-optimal training tokens D."""
         return self.tokens_law(C)
 
-    def formula(self) -> str:
-        """``M_opt = m·C^μ; D_opt = n·C^ν`` with this law's numbers."""
-        return (f"M_opt = {self.flops_per_token_law.formula()}; "
-                f"D_opt = {self.tokens_law.formula()}")
-
     def predict(self, C: float) -> dict[str, float]:
         """``{"arch", "compute", "flops_per_token", "tokens"}`` at budget C."""
         return {
@@ -230,21 +285,4 @@ class AllocationLaw:
             "compute": float(check_positive("compute", C)),
             "flops_per_token": float(self.flops_per_token(C)),
             "tokens": float(self.tokens(C)),
-        }
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "kind": "allocation",
-            "arch": self.arch,
-            "equation": "M_opt = m*C^mu; D_opt = n*C^nu",
-            "coefficients": {
-                "m": self.flops_per_token_law.coefficient,
-                "mu": self.flops_per_token_law.exponent,
-                "n": self.tokens_law.coefficient,
-                "nu": self.tokens_law.exponent,
-            },
-            "provenance": self.provenance.as_dict(),
-            "conventions": dict(self.conventions),
-            "fitted_range": self.fitted_range.as_dict(),
         }

@@ -15,7 +15,7 @@ At fixed E the law is Chinchilla-shaped, so the compute optimum has a closed for
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -23,15 +23,17 @@ from numpy.typing import ArrayLike
 from moescale.errors import ConfigError
 from moescale.laws import forms
 from moescale.laws.base import (
-    USER_FIT,
+    Coefficients,
     FittedRange,
     Interval,
+    Law,
     Provenance,
     RangeReport,
     as_scalar_or_array,
     check_positive,
-    finite_params,
 )
+from moescale.spec.accounting import count_params
+from moescale.spec.model_spec import ModelSpec
 
 __all__ = ["JointCoefficients", "JointLaw", "JOINT_CONVENTIONS", "JOINT_VOCAB"]
 
@@ -63,7 +65,7 @@ _JOINT_RANGE = FittedRange(
 
 
 @dataclass(frozen=True, kw_only=True)
-class JointCoefficients:
+class JointCoefficients(Coefficients):
     """Coefficients of [JOINT] Eq. 6 (α, β, ζ negative as published)."""
 
     a: float
@@ -77,32 +79,27 @@ class JointCoefficients:
     E_start: float
     E_max: float
     c: float
-    provenance: Provenance = USER_FIT
-    fitted_range: FittedRange = field(default_factory=FittedRange)
 
-    _NAMES = ("a", "alpha", "delta", "gamma", "b", "beta", "omega", "zeta", "E_start", "E_max",
-              "c")
+    NAMES = ("a", "alpha", "delta", "gamma", "b", "beta", "omega", "zeta", "E_start", "E_max",
+             "c")
 
-    def __post_init__(self) -> None:
-        finite_params(self, self._NAMES)
+    def validate(self) -> None:
         if not 0 < self.E_start < self.E_max:
             raise ConfigError(
                 f"'E_start' must be in (0, E_max={self.E_max:g}); got {self.E_start!r}"
             )
 
-    def params(self) -> dict[str, float]:
-        return finite_params(self, self._NAMES)
 
-    @classmethod
-    def published(cls) -> JointCoefficients:
-        """[JOINT] Table 3."""
-        return cls(a=35.91, alpha=-0.1889, delta=-0.2285, gamma=0.0098, b=35.98, beta=-0.1775,
-                   omega=0.5529, zeta=-0.0259, E_start=2.0732, E_max=290.4521, c=1.3637,
-                   provenance=_JOINT_PROV, fitted_range=_JOINT_RANGE)
+JointCoefficients.register({
+    "joint": JointCoefficients(
+        a=35.91, alpha=-0.1889, delta=-0.2285, gamma=0.0098, b=35.98, beta=-0.1775,
+        omega=0.5529, zeta=-0.0259, E_start=2.0732, E_max=290.4521, c=1.3637,
+        provenance=_JOINT_PROV, fitted_range=_JOINT_RANGE),
+}, default="joint")
 
 
 @dataclass(frozen=True, kw_only=True)
-class JointLaw:
+class JointLaw(Law):
     """[JOINT] loss ``L = a·Ê^δ·N_act^(α+γ ln Ê) + b·Ê^ω·D^(β+ζ ln Ê) + c``.
 
     Examples
@@ -115,21 +112,13 @@ class JointLaw:
 
     coefficients: JointCoefficients
     name: str = "joint"
-    conventions: dict = field(default_factory=lambda: dict(JOINT_CONVENTIONS), compare=False)
 
-    @classmethod
-    def published(cls, name: str = "joint") -> JointLaw:
-        if name != "joint":
-            raise ConfigError(f"'name' must be 'joint'; got {name!r}")
-        return cls(coefficients=JointCoefficients.published())
-
-    @property
-    def provenance(self) -> Provenance:
-        return self.coefficients.provenance
-
-    @property
-    def fitted_range(self) -> FittedRange:
-        return self.coefficients.fitted_range
+    KIND = "loss"
+    EQUATION = ("L = a*Ehat^delta*N_act^(alpha+gamma ln Ehat) + "
+                "b*Ehat^omega*D^(beta+zeta ln Ehat) + c")
+    CONVENTIONS = JOINT_CONVENTIONS
+    COEFFICIENTS = JointCoefficients
+    N_CONVENTION = "active parameters including embeddings"
 
     def expert_transform(self, E: ArrayLike) -> float | np.ndarray:
         """Ê of Eq. 4."""
@@ -190,17 +179,30 @@ class JointLaw:
     def check_range(self, N_act: float, D: float, E: float) -> RangeReport:
         return self.fitted_range.check(N_act=N_act, D=D, experts=E)
 
-    def in_range(self, N_act: float, D: float, E: float) -> bool:
-        return self.check_range(N_act, D, E).inside
+    # ------------------------------------------------------------------ LossLaw
+    def inputs_from_spec(self, spec: ModelSpec, tokens: float) -> tuple[dict, list[str]]:
+        """N_act = active params incl. embeddings (accounting), E = routed experts (1 dense)."""
+        notes = []
+        if spec.is_moe and (spec.top_k != 1 or spec.n_shared_experts):
+            notes.append(
+                "the joint law was fitted on top-1 routing without shared experts "
+                f"(G = 1); this spec has top_k = {spec.top_k}, {spec.n_shared_experts} shared"
+            )
+        E = spec.n_experts if spec.is_moe else 1
+        return {"params": count_params(spec).active, "tokens": tokens, "experts": E}, notes
 
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "kind": "loss",
-            "equation": "L = a*Ehat^delta*N_act^(alpha+gamma ln Ehat) + "
-            "b*Ehat^omega*D^(beta+zeta ln Ehat) + c",
-            "coefficients": self.coefficients.params(),
-            "provenance": self.provenance.as_dict(),
-            "conventions": dict(self.conventions),
-            "fitted_range": self.fitted_range.as_dict(),
-        }
+    def inputs_from_args(self, params: float | None, tokens: float, *,
+                         granularity_fg: float | None = None,
+                         experts: float | None = None) -> dict[str, float]:
+        if params is None or experts is None:
+            raise ConfigError("'params' (N_act incl. embeddings) and 'experts' are required "
+                              "for the joint law")
+        return {"params": params, "tokens": tokens, "experts": experts}
+
+    def optimum(self, compute: float, *, experts: float | None = None) -> dict:
+        if experts is None:
+            raise ConfigError("'experts' is required for the joint optimum")
+        N, D = self.compute_optimal(compute, experts)
+        return {"compute": compute, "experts": float(experts), "active_params": float(N),
+                "tokens": float(D), "loss": self.optimal_loss(compute, experts),
+                "flops_convention": "6*N_act*D (embeddings included)"}

@@ -8,14 +8,12 @@ tokens, and returns one JSON-ready dict (the CLI prints it). Inputs from a spec 
 from __future__ import annotations
 
 from moescale.errors import ConfigError
-from moescale.laws.base import check_positive
+from moescale.laws.base import LossLaw, check_positive
 from moescale.laws.el import ELLaw
 from moescale.laws.equivalent import dense_equivalent
-from moescale.laws.fg import FGLaw
 from moescale.laws.hparams import AllocationLaw, HyperparameterLaw
-from moescale.laws.joint import JointLaw
 from moescale.laws.registry import LOSS_LAWS, get_law
-from moescale.spec.accounting import count_params, flops_per_token
+from moescale.spec.accounting import flops_per_token
 from moescale.spec.model_spec import ModelSpec
 
 __all__ = [
@@ -24,6 +22,7 @@ __all__ = [
     "predict_el",
     "predict_hparams",
     "predict_allocation",
+    "loss_inputs",
     "predict_loss",
     "predict_optimum",
 ]
@@ -68,17 +67,18 @@ def predict_el(
     """The ``moescale predict el`` record.
 
     Keys: ``el``, ``law``, ``in_fitted_range``, ``range_warnings``, ``notes``, ``inputs``,
-    ``exponent``, ``crossover_compute`` (EL = 1 at this G), ``optimal_granularity``,
+    ``exponent``, ``break_even_compute`` (EL = 1 at this G), ``optimal_granularity``,
     ``dense_equivalent`` (see :func:`dense_equivalent`), ``conventions``, ``provenance``.
     """
     el_law = law if isinstance(law, ELLaw) else _el_law(law)
     el = float(el_law.predict(A, G, C))
     report = el_law.check_range(A, G, C)
-    cross = float(el_law.crossover_compute(G))
+    even = float(el_law.break_even_compute(G))
     notes = []
-    if el_law.coefficients.d < 0 and cross > C:
+    if el_law.coefficients.d < 0 and even > C:
         notes.append(
-            f"compute {C:.3g} is below the law's EL = 1 crossover {cross:.3g} at G = {G:g}: "
+            f"compute {C:.3g} is below the law's EL = 1 break-even compute {even:.3g} at "
+            f"G = {G:g}: "
             "it predicts the MoE worse than dense there (an extrapolation of the fit)"
         )
     record_inputs = {"activation_ratio": float(A), "granularity": float(G), "compute": float(C)}
@@ -93,7 +93,7 @@ def predict_el(
         "notes": notes,
         "inputs": record_inputs,
         "exponent": float(el_law.exponent(G, C)),
-        "crossover_compute": cross,
+        "break_even_compute": even,
         "optimal_granularity": el_law.optimal_granularity(),
         "dense_equivalent": dense_equivalent(A, G, C, tokens=tokens, law=el_law),
         "conventions": dict(el_law.conventions),
@@ -124,10 +124,29 @@ def predict_allocation(C: float, arch: str) -> dict:
     return rec
 
 
-def _loss_law(name: str):
+def _loss_law(name: str) -> LossLaw:
     if name not in LOSS_LAWS:
         raise ConfigError(f"'law' must be one of {', '.join(LOSS_LAWS)}; got {name!r}")
     return get_law(name)
+
+
+def loss_inputs(
+    law: LossLaw,
+    tokens: float,
+    *,
+    params: float | None = None,
+    granularity_fg: float | None = None,
+    experts: float | None = None,
+    spec: ModelSpec | None = None,
+) -> tuple[dict[str, float], list[str]]:
+    """The law's ordered inputs ``{"params", "tokens", ...}`` and notes, from a spec or numbers."""
+    D = float(check_positive("tokens", tokens))
+    if spec is None:
+        return law.inputs_from_args(params, D, granularity_fg=granularity_fg,
+                                    experts=experts), []
+    if params is not None or granularity_fg is not None or experts is not None:
+        raise ConfigError("give either a config or --params/--granularity-fg/--experts, not both")
+    return law.inputs_from_spec(spec, D)
 
 
 def predict_loss(
@@ -146,73 +165,15 @@ def predict_loss(
     the accounting module; giving both ``spec`` and ``params`` is a :class:`ConfigError`.
     """
     obj = _loss_law(law)
-    D = float(check_positive("tokens", tokens))
-    if spec is not None and (params is not None or granularity_fg is not None
-                             or experts is not None):
-        raise ConfigError("give either a config or --params/--granularity-fg/--experts, not both")
-    pc = count_params(spec) if spec is not None else None
-    notes: list[str] = []
-    if isinstance(obj, FGLaw):
-        if spec is not None:
-            N = pc.non_embedding
-            G = spec.granularity_fg if spec.is_moe else 1.0
-            if spec.is_moe and obj.coefficients.is_dense:
-                raise ConfigError(f"law {law!r} is the dense row; the spec is an MoE")
-            if spec.is_moe and spec.n_experts / spec.top_k != obj.coefficients.E:
-                notes.append(
-                    f"law {law!r} was fitted at expansion rate E = {obj.coefficients.E} "
-                    f"(experts/top_k); this spec has {spec.n_experts / spec.top_k:g}"
-                )
-        else:
-            if params is None:
-                raise ConfigError("'params' (N, total non-embedding) is required for FG laws")
-            N = params
-            if granularity_fg is None and not obj.coefficients.is_dense:
-                raise ConfigError("'granularity_fg' (G_fg = d_ffn/d_expert) is required for "
-                                  f"law {law!r}")
-            G = 1.0 if granularity_fg is None else granularity_fg
-        loss = float(obj.predict(N, D, G))
-        report = obj.check_range(N, D, G)
-        extra = {"granularity_fg": float(G),
-                 "N_convention": "total non-embedding parameters (FG shapes)"}
-    elif isinstance(obj, JointLaw):
-        if spec is not None:
-            N = pc.active
-            E = spec.n_experts if spec.is_moe else 1
-            if spec.is_moe and (spec.top_k != 1 or spec.n_shared_experts):
-                notes.append(
-                    "the joint law was fitted on top-1 routing without shared experts "
-                    f"(G = 1); this spec has top_k = {spec.top_k}, "
-                    f"{spec.n_shared_experts} shared"
-                )
-        else:
-            if params is None or experts is None:
-                raise ConfigError("'params' (N_act incl. embeddings) and 'experts' are required "
-                                  "for the joint law")
-            N, E = params, experts
-        loss = float(obj.predict(N, D, E))
-        report = obj.check_range(N, D, E)
-        extra = {"experts": float(E),
-                 "N_convention": "active parameters including embeddings"}
-    else:  # ChinchillaLaw
-        if spec is not None:
-            if spec.is_moe:
-                raise ConfigError(f"law {law!r} is a dense law; the spec is an MoE")
-            N = pc.total
-        else:
-            if params is None:
-                raise ConfigError("'params' (N, dense parameters) is required for "
-                                  f"law {law!r}")
-            N = params
-        loss = float(obj.predict(N, D))
-        report = obj.check_range(N, D)
-        extra = {"N_convention": "dense parameters as counted by Chinchilla"}
+    inputs, notes = loss_inputs(obj, tokens, params=params, granularity_fg=granularity_fg,
+                                experts=experts, spec=spec)
+    values = tuple(inputs.values())
+    report = obj.check_range(*values)
     return {
-        "loss": loss,
+        "loss": float(obj.predict(*values)),
         "law": obj.name,
-        "params": float(N),
-        "tokens": D,
-        **extra,
+        **{k: float(v) for k, v in inputs.items()},
+        "N_convention": obj.N_CONVENTION,
         "in_fitted_range": report.inside,
         "range_warnings": list(report.violations),
         "range_unknown": list(report.unknown),
@@ -225,22 +186,6 @@ def predict_loss(
 def predict_optimum(law: str, C: float, *, experts: float | None = None) -> dict:
     """Compute-optimal allocation of a loss law at budget C (its own FLOPs convention)."""
     obj = _loss_law(law)
-    C = float(check_positive("compute", C))
-    if isinstance(obj, FGLaw):
-        if obj.coefficients.is_dense:
-            raise ConfigError(f"law {law!r} is the dense FG row; use 'fg' for the MoE optimum")
-        rec = obj.compute_optimal(C).as_dict()
-        rec["flops_convention"] = "fg (router included)"
-    elif isinstance(obj, JointLaw):
-        if experts is None:
-            raise ConfigError("'experts' is required for the joint optimum")
-        N, D = obj.compute_optimal(C, experts)
-        rec = {"compute": C, "experts": float(experts), "active_params": float(N),
-               "tokens": float(D), "loss": obj.optimal_loss(C, experts),
-               "flops_convention": "6*N_act*D (embeddings included)"}
-    else:
-        N, D = obj.compute_optimal(C)
-        rec = {"compute": C, "params": float(N), "tokens": float(D),
-               "loss": float(obj.predict(N, D)), "flops_convention": "6*N*D"}
+    rec = obj.optimum(float(check_positive("compute", C)), experts=experts)
     rec.update(law=obj.name, provenance=obj.provenance.as_dict())
     return rec

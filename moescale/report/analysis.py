@@ -282,7 +282,7 @@ def _moe_groups(an: Analysis, moe: pd.DataFrame, law: Any) -> None:
             "shared_ratio": float(row["shared_ratio"]), "runs": list(g["run"]),
             "n_budgets": int(g["budget"].nunique()), "frontier": None, "crossover_fit": None,
             "crossover_far": False,
-            "crossover_law": float(law.crossover_compute(G)) if A < 1 else None,
+            "crossover_law": float(law.break_even_compute(G)) if A < 1 else None,
         }
         if entry["n_budgets"] >= 2:
             pts = g.groupby("budget").agg(compute=("compute", "median"), loss=("loss", "min"))
