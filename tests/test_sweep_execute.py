@@ -216,5 +216,5 @@ def test_cli_run_json_and_exit_codes(tmp_path, capsys, monkeypatch):
         main(["sweep", "run", str(spec), "--store", str(tmp_path / "s2.db"), "--json"])
     assert exc.value.code in (0, None)
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"completed", "skipped", "failed", "wall_seconds"}
+    assert set(out) == {"completed", "skipped", "recovered", "failed", "wall_seconds"}
     assert len(out["skipped"]) == 3 and out["completed"] == []

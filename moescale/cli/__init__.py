@@ -8,12 +8,7 @@ command group lives in its own module with a ``register(app)`` function. Any
 
 from __future__ import annotations
 
-import sys
-
 import typer
-
-from moescale.errors import MoescaleError
-from moescale.extras import missing_extra
 
 app = typer.Typer(
     name="moescale",
@@ -63,16 +58,8 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point. Usage errors exit 2 (typer); user errors, and a missing optional
-    dependency (naming the extra to install), exit 2 with one line."""
-    try:
-        app(args=argv)
-    except MoescaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except ImportError as exc:
-        missing = missing_extra(exc)
-        if missing is None:
-            raise
-        print(f"error: {missing}", file=sys.stderr)
-        sys.exit(2)
+    """Entry point: every user-caused failure is one ``error:`` line and exit code 2
+    (see :func:`moescale.cli.common.run_app`)."""
+    from moescale.cli.common import run_app
+
+    run_app(app, argv)

@@ -1,19 +1,94 @@
-"""Shared CLI helpers: JSON output, rich tables, parsing numbers with clear errors."""
+"""Shared CLI helpers: the one error path, JSON output, rich tables, number parsing."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import sys
+import warnings
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-from moescale.errors import ConfigError
+from moescale.errors import ConfigError, MoescaleError
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+USER_ERROR = 2
+"""Exit code of every user-caused failure (bad option, input file, path or resource)."""
+
+# OS errors caused by the paths or resources a user named, not by moescale.
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+                errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT,
+                errno.ELOOP, errno.ENOTEMPTY, errno.EXDEV, errno.EBUSY, errno.ETXTBSY,
+                errno.EFBIG, errno.EMFILE}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def fail(message: str, code: int = USER_ERROR) -> None:
+    """Print ``error: MESSAGE`` as one line on stderr and exit with ``code``."""
+    sys.stdout.flush()
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run_app(app: Any, argv: list[str] | None = None) -> None:
+    """Run the typer ``app``: the one error path of every command.
+
+    A :class:`~moescale.errors.MoescaleError`, a usage error (unknown option, bad
+    value), a missing optional dependency (naming the extra), or an OS error about a path the user named (permission, read-only file
+    system, name too long, disk full) becomes one ``error: ...`` line on stderr and exit
+    code 2. Anything else is a bug and keeps its traceback.
+    """
+    try:  # typer >= 0.20 vendors its own click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click import exceptions as cx
+
+    prog = os.path.basename(sys.argv[0]) if argv is None else "moescale"
+    if prog in ("__main__.py", "-c", ""):
+        prog = "moescale"
+    try:
+        with warnings.catch_warnings():
+            # numpy overflow warnings in a command are its bug or an input it must
+            # refuse; never a second stderr line next to the answer or error
+            warnings.filterwarnings("error", category=RuntimeWarning, module="numpy")
+            rv = app(args=argv, prog_name=prog, standalone_mode=False)
+    except MoescaleError as exc:
+        fail(str(exc))
+    except cx.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(USER_ERROR)
+    except cx.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(exc.format_message() + where, exc.exit_code)
+    except cx.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        fail("aborted", 1)
+    except ImportError as exc:
+        from moescale.extras import missing_extra
+
+        missing = missing_extra(exc)  # an optional dependency: name the extra to install
+        if missing is None:
+            raise
+        fail(missing)
+    except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        target = exc.filename if exc.filename is not None else ""
+        fail(f"{exc.strerror or exc}: {target}".rstrip(": "))
+    sys.stdout.flush()
+    sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -50,7 +50,7 @@ def plan_cmd(
     sw = load_sweep_spec(spec)
     tp, source = None, None
     if store is not None:
-        with open_store(store, create=False) as st:
+        with open_store(store, readonly=True) as st:
             tp = st.measured_throughput()
             source = "measured" if tp else None
     plan = plan_sweep(sw, throughput=tp, throughput_source=source)
@@ -91,11 +91,15 @@ def run_cmd(
 ) -> None:
     """Train every planned run not yet in the store (finished runs skipped, interrupted
     runs resumed, failures recorded). Exit code 1 if any run failed."""
-    from moescale.sweep.execute import run_sweep
+    from moescale.paths import check_store_path
+    from moescale.sweep.execute import check_backend, run_sweep
     from moescale.sweep.planner import plan_sweep
     from moescale.sweep.spec import load_sweep_spec
     from moescale.sweep.store import open_store
 
+    # every option is checked before the store is created
+    check_backend(backend, workers)
+    check_store_path(store)
     plan = plan_sweep(load_sweep_spec(spec))
     with open_store(store) as st:
         outcome = run_sweep(plan, st, backend=backend, workers=workers, ray_address=ray_address,
@@ -104,9 +108,11 @@ def run_cmd(
     if as_json:
         print_json(outcome.to_dict())
     else:
-        console.print(f"{len(outcome.completed)} trained, {len(outcome.skipped)} already done, "
-                      f"{len(outcome.failed)} failed ({_duration(outcome.wall_seconds)}); "
-                      f"store: {store}")
+        recovered = (f", {len(outcome.recovered)} recorded from finished run folders "
+                     "(store rebuilt; not trained now)" if outcome.recovered else "")
+        console.print(f"{len(outcome.completed)} trained{recovered}, {len(outcome.skipped)} "
+                      f"already done, {len(outcome.failed)} failed "
+                      f"({_duration(outcome.wall_seconds)}); store: {store}")
         for name, err in outcome.failed.items():
             console.print(f"[red]failed[/red] {name}: {err.splitlines()[0] if err else ''}")
     if outcome.failed:
@@ -128,10 +134,23 @@ def export_cmd(
     if fmt not in ("csv", "parquet"):
         raise ConfigError(f"'--format' must be 'csv' or 'parquet'; got {fmt!r}")
     out = out or store.with_name(f"{store.stem}_runs.{fmt}")
-    with open_store(store, create=False) as st:
+    with open_store(store, readonly=True) as st:
         paths = st.export(out, fmt)
     for p in paths:
         console.print(str(p))
+
+
+@store_app.command("backup")
+def backup_cmd(
+    store: Path = typer.Argument(..., help="Run store (SQLite)."),
+    out: Path = typer.Argument(..., help="The copy: one self-contained SQLite file."),
+) -> None:
+    """Copy a store, WAL included, into one file (SQLite online backup; safe mid-sweep)."""
+    from moescale.sweep.store import open_store
+
+    with open_store(store, readonly=True) as st:
+        path = st.backup(out)
+    console.print(str(path))
 
 
 def report_cmd(
@@ -142,8 +161,10 @@ def report_cmd(
                                   help="Bootstrap replicates per fitted law (0: no intervals)."),
 ) -> None:
     """Fit frontiers and EL laws from a store; write DIR/report.html, summary.md, plots."""
+    from moescale.paths import check_output_dir
     from moescale.report import build_report
 
+    check_output_dir(out)
     rep = build_report(store, out, n_boot=bootstrap)
     if as_json:
         print_json(rep.headline())
@@ -159,8 +180,10 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the headline numbers as JSON."),
 ) -> None:
     """Plan, train, fit and report a small dense + MoE sweep on this machine's CPU."""
+    from moescale.paths import check_output_dir
     from moescale.sweep.demo import run_demo
 
+    check_output_dir(out)
     result = run_demo(quick=quick, out=out, workers=workers,
                       progress=lambda m: err_console.print(m, highlight=False))
     if as_json:

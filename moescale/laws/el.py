@@ -48,6 +48,10 @@ EL_CONVENTIONS: dict[str, str] = {
     "(accounting convention 'ling', s=4096 by default), log10 C in the law",
 }
 
+GRANULARITY_MAX = 1e6
+"""Largest granularity the EL law evaluates (G = 2·d_model/d_expert: d_model ≤ 5e5 with
+d_expert ≥ 1); the fitted grid is G ∈ [2, 16]."""
+
 EL_FIT_THRESHOLD = 6.0
 """[EL] fitted Eq. 13 on points with EL < 6 and held out EL >= 6 for validation (LAWS.md §3)."""
 
@@ -142,7 +146,9 @@ class ELLaw(Law):
         if A is not None:
             out.append(check_positive("activation_ratio", A, high=1.0))
         if G is not None:
-            out.append(check_positive("granularity", G))
+            # G = 2·d_model/d_expert; beyond GRANULARITY_MAX the quadratic in log2 G
+            # overflows float64 in the crossover (and no buildable model gets there)
+            out.append(check_positive("granularity", G, high=GRANULARITY_MAX))
         if C is not None:
             out.append(check_positive("compute", C))
         return tuple(out)

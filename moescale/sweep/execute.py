@@ -28,7 +28,8 @@ from moescale.sweep.planner import PlannedRun, SweepPlan
 from moescale.sweep.runner import RunFn, execute_payload, worker_init
 from moescale.sweep.store import RunStore
 
-__all__ = ["SweepOutcome", "run_sweep", "default_workers", "BACKENDS", "RAY_INSTALL"]
+__all__ = ["SweepOutcome", "run_sweep", "check_backend", "default_workers", "BACKENDS",
+           "RAY_INSTALL"]
 
 BACKENDS = ("local", "ray", "inline")
 RAY_INSTALL = "pip install 'moescale[ray]'"
@@ -44,12 +45,16 @@ class SweepOutcome:
     """Trained (or resumed) to completion by this call."""
     skipped: list[str] = field(default_factory=list)
     """Already done in the store."""
+    recovered: list[str] = field(default_factory=list)
+    """Not trained by this call: a finished result already lay in the run's folder (the
+    store was rebuilt from its runs folder, or the run finished outside this store)."""
     failed: dict[str, str] = field(default_factory=dict)
     """Failed in this call, or earlier and not retried: name -> error."""
     wall_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"completed": self.completed, "skipped": self.skipped, "failed": self.failed,
+        return {"completed": self.completed, "skipped": self.skipped,
+                "recovered": self.recovered, "failed": self.failed,
                 "wall_seconds": self.wall_seconds}
 
 
@@ -92,19 +97,36 @@ def run_sweep(
         ``payload -> {"result", "curve"}``; default trains with :mod:`moescale.train`.
         Must be picklable (module level) for the process and Ray backends.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"'backend' must be one of {', '.join(BACKENDS)}; got {backend!r}")
     cores = os.cpu_count() or 1
-    workers = workers or default_workers(cores)
-    if workers < 1:
-        raise ConfigError(f"'workers' must be an int in [1, inf]; got {workers}")
+    workers = check_backend(backend, workers, cores)
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
+    out = SweepOutcome()
+    with store.driver_lock():
+        _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_fn, say,
+               out)
+    out.wall_seconds = time.perf_counter() - t0
+    return out
+
+
+def check_backend(backend: str, workers: int | None, cores: int | None = None) -> int:
+    """Validate ``backend`` and ``workers`` (before any store is created); return the
+    worker count (default :func:`default_workers`)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"'backend' must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if workers is None:
+        return default_workers(cores)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 4096:
+        raise ConfigError(f"'workers' must be an int in [1, 4096]; got {workers!r}")
+    return workers
+
+
+def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_fn, say,
+           out: SweepOutcome) -> None:
     store.sync_plan(plan)
     rows = {r["name"]: r for r in store.runs()}
     names_by_key: dict[str, list[str]] = {}
     todo: list[PlannedRun] = []
-    out = SweepOutcome()
     for run in plan.runs:
         names_by_key.setdefault(run.key, []).append(run.name)
         status = rows[run.name]["status"]
@@ -117,8 +139,7 @@ def run_sweep(
     say(f"{len(plan.runs)} runs: {len(out.skipped)} done, {len(out.failed)} failed earlier, "
         f"{len(todo)} to train ({backend}, {min(workers, max(1, len(todo)))} worker(s))")
     if not todo:
-        out.wall_seconds = time.perf_counter() - t0
-        return out
+        return
     threads = max(1, cores // workers)
     counter = {"n": 0}
 
@@ -128,10 +149,11 @@ def run_sweep(
         if res["status"] == "done":
             store.mark_done(res["key"], res["result"] or {}, res.get("curve"),
                             res.get("wall_seconds"))
-            out.completed.extend(names)
+            (out.recovered if res.get("reused") else out.completed).extend(names)
             loss = (res["result"] or {}).get("loss")
             loss_s = f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "no loss"
-            say(f"[{counter['n']}/{len(todo)}] done {', '.join(names)}: {loss_s} "
+            how = "found finished in its folder" if res.get("reused") else "done"
+            say(f"[{counter['n']}/{len(todo)}] {how} {', '.join(names)}: {loss_s} "
                 f"({res.get('wall_seconds') or 0:.0f} s)")
         else:
             err = str(res.get("error") or "unknown error")
@@ -151,8 +173,6 @@ def run_sweep(
         _run_local(payloads, store, workers, threads, run_fn, record, say)
     else:
         _run_ray(payloads, store, workers, threads, ray_address, run_fn, record, say)
-    out.wall_seconds = time.perf_counter() - t0
-    return out
 
 
 def _run_local(payloads, store, workers, threads, run_fn, record, say) -> None:

@@ -21,6 +21,9 @@ from typing import Any
 __all__ = ["execute_payload", "train_run", "read_curve", "worker_init"]
 
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
+RESULT_NAME = "result.json"
+"""The trainer's finished-run record (:data:`moescale.train.trainer.RESULT_NAME`; not
+imported from there so the driver never imports torch)."""
 
 
 def worker_init(threads: int | None, slot_counter: Any = None) -> None:
@@ -101,6 +104,9 @@ def execute_payload(payload: dict[str, Any], run_fn: RunFn | None = None) -> dic
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with _locked(out_dir / ".lock"):
+            # A result already in the folder means this call trains nothing (a store
+            # rebuilt from its runs folder, or a run another driver finished).
+            reused = (out_dir / RESULT_NAME).is_file()
             out = run_fn(payload)
         result = out.get("result", {}) if isinstance(out, dict) else {}
         status = str(result.get("status", "done")) if isinstance(result, dict) else "done"
@@ -109,7 +115,7 @@ def execute_payload(payload: dict[str, Any], run_fn: RunFn | None = None) -> dic
             return {"key": payload["key"], "status": "failed", "error": str(err),
                     "result": result, "curve": out.get("curve"),
                     "wall_seconds": time.perf_counter() - t0}
-        return {"key": payload["key"], "status": "done", "result": result,
+        return {"key": payload["key"], "status": "done", "result": result, "reused": reused,
                 "curve": out.get("curve") or [], "error": None,
                 "wall_seconds": _wall(result, time.perf_counter() - t0)}
     except BaseException as exc:  # noqa: BLE001 - a run's failure must be recorded, not raised

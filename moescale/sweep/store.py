@@ -21,10 +21,13 @@ Only the process driving a sweep writes; workers return results to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +36,7 @@ from typing import Any
 
 from moescale.errors import ConfigError, DataError
 from moescale.fit.runs import CURVE_COLUMNS, RUN_COLUMNS
+from moescale.paths import check_output_file, check_store_path, connect_readonly
 
 __all__ = [
     "RunStore",
@@ -118,7 +122,7 @@ def _check_existing(path: Path) -> None:
         head = fh.read(16)
     if head != _SQLITE_MAGIC:
         raise DataError(f"{path} is not a moescale run store (not an SQLite database)")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = connect_readonly(path)
     try:
         app_id = con.execute("PRAGMA application_id").fetchone()[0]
         version = con.execute("PRAGMA user_version").fetchone()[0]
@@ -154,9 +158,10 @@ class RunStore:
     0
     """
 
-    def __init__(self, path: Path, con: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, con: sqlite3.Connection, *, readonly: bool = False) -> None:
         self.path = path
         self._con = con
+        self.readonly = readonly
 
     # ------------------------------------------------------------------ basics
     @property
@@ -167,8 +172,49 @@ class RunStore:
     def run_dir(self, key: str) -> Path:
         return self.runs_dir / key
 
+    def checkpoint(self) -> None:
+        """Move every committed transaction from ``STORE-wal`` into the database file and
+        truncate the WAL, so the file alone is the whole store (a busy reader only
+        delays this: SQLite checkpoints again when the last connection closes)."""
+        if not self.readonly:
+            with contextlib.suppress(sqlite3.Error):
+                self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    @contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Hold the store's driver lock (``flock`` on ``STORE.runs/.driver.lock``).
+
+        One ``sweep run`` drives a store at a time: a second one is refused at once with
+        a :class:`ConfigError` saying it trained nothing (it would otherwise wait on each
+        run folder's lock and then report the first driver's runs as its own).
+        """
+        import fcntl
+
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.runs_dir / ".driver.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise ConfigError(
+                    f"run store {self.path} is being run by another 'sweep run' ({holder}); "
+                    "this one trained nothing: wait for it to finish") from None
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+                fh.flush()
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     def close(self) -> None:
-        self._con.close()
+        """Checkpoint the WAL (a clean exit leaves one self-contained file) and close."""
+        try:
+            self.checkpoint()
+        finally:
+            self._con.close()
 
     def __enter__(self) -> RunStore:
         return self
@@ -336,10 +382,14 @@ class RunStore:
 
         if fmt not in ("csv", "parquet"):
             raise ConfigError(f"'format' must be 'csv' or 'parquet'; got {fmt!r}")
-        out = Path(out)
+        out = check_output_file(out, field="--out", forbid=[self.path])
+        curves_out = check_output_file(out.with_name(f"{out.stem}_curves{out.suffix}"),
+                                       field="--out (curves file)", forbid=[self.path])
+        if curves_out.absolute() == out.absolute():
+            raise ConfigError(f"'--out' must name a file whose curves file differs; got {out}")
         runs = pd.DataFrame(self.records(), columns=list(RECORD_COLUMNS))
         curves = pd.DataFrame(self.curves(), columns=list(CURVE_COLUMNS))
-        paths = [out, out.with_name(f"{out.stem}_curves{out.suffix}")]
+        paths = [out, curves_out]
         for df, p in zip((runs, curves), paths, strict=True):
             if fmt == "csv":
                 atomic_write(p, df.to_csv(index=False))
@@ -350,6 +400,31 @@ class RunStore:
                 df.to_parquet(buf, index=False)
                 atomic_write(p, buf.getvalue())
         return paths
+
+
+    def backup(self, out: str | os.PathLike) -> Path:
+        """Copy the store, WAL included, into one self-contained SQLite file ``out``.
+
+        Uses SQLite's online backup API (consistent even while a sweep writes), writes a
+        temporary file beside ``out`` and renames it, and switches the copy to rollback
+        journal mode so it carries no ``-wal`` file. ``out`` must not be the store.
+        """
+        out = check_output_file(out, field="OUT", forbid=[self.path])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            dest = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._con.backup(dest)
+                dest.execute("PRAGMA journal_mode = DELETE").fetchall()
+            finally:
+                dest.close()
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return out
 
 
 def _finite_dict(d: Any) -> Any:
@@ -381,28 +456,42 @@ def _record_from_plan(r: Any) -> dict[str, Any]:
     }
 
 
-def open_store(path: str | os.PathLike, *, create: bool = True) -> RunStore:
+def open_store(path: str | os.PathLike, *, create: bool = True,
+               readonly: bool = False) -> RunStore:
     """Open (or create) a run store.
 
-    An existing file that is not a moescale store (any other SQLite database, or not
-    SQLite at all) raises :class:`DataError` before anything is written to it.
+    The path is resolved (symlinks followed) first, so the ``.runs`` folder always lies
+    beside the real file. An existing file that is not a moescale store (any other
+    SQLite database, or not SQLite at all), a folder or a device raises
+    :class:`DataError` before anything is written. ``readonly`` opens without writing
+    anything beside the file (see :func:`moescale.paths.connect_readonly`), which also
+    reads stores on read-only storage.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a folder, not a moescale run store file")
+    path = check_store_path(path, create=create and not readonly)
     # A 0-byte file is what a crash during creation leaves: nothing to protect in it.
     exists = path.exists() and path.stat().st_size > 0
     if exists:
         _check_existing(path)
+    elif readonly:
+        raise DataError(f"{path} is an empty file, not a moescale run store")
     elif not create:
         raise DataError(f"run store not found: {path}")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+    if readonly:
+        return RunStore(path, connect_readonly(path), readonly=True)
+    try:
+        con = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+    except sqlite3.Error as exc:
+        raise DataError(f"cannot open run store {path}: {exc}") from None
     try:
         con.execute("PRAGMA busy_timeout = 60000")
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.OperationalError as exc:
+        con.close()
+        raise DataError(f"cannot write to run store {path} ({exc}); to read it only, use a "
+                        "read-only command (store export, report)") from None
     except BaseException:
         con.close()
         raise
