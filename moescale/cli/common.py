@@ -45,9 +45,10 @@ def run_app(app: Any, argv: list[str] | None = None) -> None:
     """Run the typer ``app``: the one error path of every command.
 
     A :class:`~moescale.errors.MoescaleError`, a usage error (unknown option, bad
-    value), a missing optional dependency (naming the extra), or an OS error about a path the user named (permission, read-only file
-    system, name too long, disk full) becomes one ``error: ...`` line on stderr and exit
-    code 2. Anything else is a bug and keeps its traceback.
+    value), a missing optional dependency (naming the extra), or an OS error about a
+    path the user named (permission, read-only file system, name too long, disk full)
+    becomes one ``error: ...`` line on stderr and exit code 2. Anything else is a bug
+    and keeps its traceback.
     """
     try:  # typer >= 0.20 vendors its own click
         from typer._click import exceptions as cx
