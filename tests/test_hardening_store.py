@@ -303,3 +303,16 @@ def test_open_store_refuses_a_folder_and_missing(tmp_path):
         open_store(tmp_path)
     with pytest.raises(DataError, match="not found"):
         open_store(tmp_path / "none.db", create=False)
+
+
+def test_fit_and_report_readers_take_escaped_and_readonly_paths(tmp_path):
+    from moescale.fit.runs import read_store
+    from moescale.report.data import load_runs
+
+    path = tmp_path / "runs#1?%.db"
+    _fill(path)
+    before = sorted(os.listdir(tmp_path))
+    assert len(read_store(path)) == 2
+    records, _, info = load_runs(path)
+    assert len(records) == 2 and info["kind"] == "store"
+    assert sorted(os.listdir(tmp_path)) == before  # no -wal/-shm, no stray "runs" file

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from moescale.errors import DataError
+from moescale.paths import connect_readonly
 
 __all__ = [
     "RUN_COLUMNS",
@@ -373,7 +374,7 @@ def read_store(path: str | Path) -> RunTable:
     if not _sniff(path).startswith(_SQLITE_MAGIC):
         raise DataError(f"{path} is not a SQLite run store (bad header)")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = connect_readonly(path)  # escaped URI; no side files, read-only storage ok
     except sqlite3.Error as exc:
         raise DataError(f"cannot open run store {path}: {exc}") from None
     try:

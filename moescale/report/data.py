@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from moescale.errors import DataError
+from moescale.paths import connect_readonly
 
 __all__ = ["load_runs", "budget_groups"]
 
@@ -33,7 +34,7 @@ def load_runs(source: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         head = fh.read(16)
     if head == _SQLITE_MAGIC:
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            con = connect_readonly(path)  # escaped URI; no side files, read-only storage ok
         except sqlite3.Error as exc:
             raise DataError(f"cannot open {path}: {exc}") from None
         try:
