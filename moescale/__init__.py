@@ -11,6 +11,7 @@ report → fit → laws → spec):
 - :mod:`moescale.train` — budget-driven trainer, checkpoints, DDP.
 - :mod:`moescale.sweep` — sweep planner, executors, SQLite run store, demo.
 - :mod:`moescale.report` — plots and the HTML report.
+- :mod:`moescale.export` — finished runs as transformers folders (cli → export → train).
 
 ``import moescale`` is light (no torch); import the subpackage you need.
 """

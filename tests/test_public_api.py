@@ -25,6 +25,7 @@ EXPECTED = {
     "moescale.train": {"TrainConfig", "train"},
     "moescale.sweep": {"plan_sweep", "run_sweep", "open_store", "RunStore"},
     "moescale.report": {"build_report", "analyze"},
+    "moescale.export": {"export_hf", "hf_family", "hf_config", "HF_FAMILIES"},
 }
 
 
@@ -45,7 +46,7 @@ def test_cli_commands() -> None:
     cmd = get_command(app)
     top = set(cmd.commands)
     assert {"count", "predict", "design", "fit", "leverage", "train", "bench", "sweep",
-            "store", "report", "demo", "examples"} <= top
+            "store", "report", "demo", "examples", "export"} <= top
     assert {"el", "hparams", "allocation", "loss"} <= set(cmd.commands["predict"].commands)
     assert {"moe-layer", "train"} <= set(cmd.commands["bench"].commands)
     assert {"plan", "run"} <= set(cmd.commands["sweep"].commands)
@@ -62,6 +63,7 @@ ALLOWED = {
     "train": {"train", "model", "data", "spec", "laws"},
     "sweep": {"sweep", "train", "model", "data", "spec", "laws", "fit", "report"},
     "report": {"report", "fit", "laws", "spec"},
+    "export": {"export", "train", "model", "spec"},
 }
 
 

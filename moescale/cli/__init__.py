@@ -44,7 +44,8 @@ def _register_all() -> None:
     # Command groups added by later modules register here.
     import importlib
 
-    for name in ("bench", "laws", "fitting", "training", "sweeps", "models", "examples"):
+    for name in ("bench", "laws", "fitting", "training", "sweeps", "models", "examples",
+                 "export"):
         try:
             module = importlib.import_module(f"moescale.cli.{name}")
         except ModuleNotFoundError as exc:
