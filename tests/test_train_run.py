@@ -47,8 +47,9 @@ def test_tiny_run_reaches_requested_compute(spec, cache, tmp_path):
         assert key in lines[0]
     if spec.is_moe:
         assert "max_load_ratio" in lines[0] and lines[0]["aux_loss"] > 0
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["schema_version"] == 1 and config["plan"]["n_steps"] == result["steps"]
+    assert not (tmp_path / "run" / "config.json").exists()  # HF tools would misread it
+    config = json.loads((tmp_path / "run" / "moescale_run.json").read_text())
+    assert config["schema_version"] == 2 and config["plan"]["n_steps"] == result["steps"]
     assert any(p.name.startswith("events") for p in (tmp_path / "run" / "tb").iterdir())
     assert (tmp_path / "run" / "model.pt").is_file()
     assert not (tmp_path / "run" / "checkpoint.pt").exists()

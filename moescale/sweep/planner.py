@@ -24,9 +24,6 @@ same keys and an edited run gets a new one.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +35,7 @@ from moescale.spec.model_spec import ModelSpec
 from moescale.sweep.shapes import dense_shape, moe_backbone
 from moescale.sweep.spec import FamilySpec, SweepSpec
 from moescale.train.config import TrainConfig, el_batch_opt, el_lr_opt, resolve_plan
+from moescale.train.identity import run_hash
 
 __all__ = [
     "PlannedRun",
@@ -69,37 +67,10 @@ def budget_tag(compute: float) -> str:
     return f"{compute:.3g}".replace("e+", "e")
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
-def _drop_defaults(values: dict[str, Any], cls: type) -> dict[str, Any]:
-    """Fields whose value differs from the dataclass default (a field added to moescale
-    later, at its default, leaves existing run keys unchanged)."""
-    missing = object()
-    defaults = _defaults(cls)
-    return {k: v for k, v in values.items() if defaults.get(k, missing) != v}
-
-
 def run_key(spec: ModelSpec, config: TrainConfig) -> str:
-    """16-hex-digit hash of the resolved (architecture, training config) of a run.
-
-    Hashed: the spec's fields and the config's :meth:`TrainConfig.run_key` fields that
-    differ from their defaults. Excluded: the spec's ``name``/``extra`` and the config's
-    provenance and checkpoint cadence (they do not change the numbers), and fields at
-    their default (so that a field added in a later moescale keeps stores valid).
-    """
-    arch = {k: v for k, v in spec.to_dict().items() if k not in ("name", "extra")}
-    blob = json.dumps({"spec": _drop_defaults(arch, ModelSpec),
-                       "train": _drop_defaults(config.run_key(), TrainConfig)},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The sweep store's key of a run: :func:`moescale.train.run_hash` (one definition of
+    run identity, shared with the trainer; fields at their defaults are left out)."""
+    return run_hash(spec, config)
 
 
 @dataclass(frozen=True, kw_only=True)

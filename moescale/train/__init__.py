@@ -13,10 +13,11 @@ from moescale.train.config import (
     TrainPlan,
     el_batch_opt,
     el_lr_opt,
-    moe_config,
     resolve_plan,
 )
+from moescale.train.identity import run_hash, run_identity
 from moescale.train.schedule import lr_at
+from moescale.train.step import train_step
 from moescale.train.trainer import train
 
 __all__ = [
@@ -26,7 +27,9 @@ __all__ = [
     "el_batch_opt",
     "el_lr_opt",
     "lr_at",
-    "moe_config",
     "resolve_plan",
+    "run_hash",
+    "run_identity",
     "train",
+    "train_step",
 ]

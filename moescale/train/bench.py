@@ -1,8 +1,9 @@
 """``moescale bench train``: training throughput against the GEMM peak of the same process.
 
 Each round times a GEMM-peak window (:func:`~moescale.train.throughput.gemm_peak_flops`)
-and then a few full training steps (forward, backward, clip, AdamW) of the
-same code path :func:`~moescale.train.train` uses; the round's MFU is
+and then a few full training steps (forward, backward, clip, statistics, AdamW):
+:func:`~moescale.train.step.train_step`, the function :func:`~moescale.train.train`
+runs at every step; the round's MFU is
 ``M · tokens/s / peak`` with M Ling's FLOPs per token ([EL] arXiv 2507.17702,
 App. C: non-embedding, attention scores at full s — a causal kernel does about
 half of that term, so MFU is stated in Ling's convention). The reported figures
@@ -22,7 +23,8 @@ from moescale.spec.accounting import flops_per_token
 from moescale.spec.model_spec import ModelSpec
 from moescale.train import parallel
 from moescale.train.config import TrainConfig
-from moescale.train.setup import build_optimizer, build_training_model, runtime_settings
+from moescale.train.setup import build_training, runtime_settings
+from moescale.train.step import train_step
 from moescale.train.throughput import gemm_peak_rates
 
 __all__ = ["bench_spec", "bench_train"]
@@ -80,76 +82,28 @@ def bench_train(
     )
     ctx = parallel.init_distributed(device)
     runtime = runtime_settings(config, ctx, moe=spec.is_moe)
-    model, step_model, _ = build_training_model(spec, config, ctx, runtime)
-    opt = build_optimizer(model, config, ctx)
-    for g in opt.param_groups:
-        g["lr"] = 1e-4
+    parts = build_training(spec, config, ctx, runtime)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, min(spec.vocab_size, 256), (micro_batch_size, seq_len + 1), generator=gen)
-    x, y = x[:, :-1].contiguous().to(ctx.device), x[:, 1:].contiguous().to(ctx.device)
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=runtime.autocast_dtype)
-        if runtime.autocast_dtype is not None else None
-    )
+    x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
-    def one_step() -> None:
-        if autocast is not None:
-            with autocast:
-                out = step_model(x, y)
-        else:
-            out = step_model(x, y)
-        loss = out.loss if getattr(out, "aux_loss", None) is None else out.loss + out.aux_loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        update = getattr(model, "update_router_biases", None)
-        if callable(update):
-            update()
-
-    def sync() -> None:
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            train_step(parts, x, y, lr=1e-4, micro_batch_size=micro_batch_size,
+                       grad_clip=config.grad_clip)
 
     t0 = time.perf_counter()
-    for _ in range(warmup_steps):
-        one_step()
-    sync()
+    run_steps(warmup_steps)
     warmup_s = time.perf_counter() - t0
     m = flops_per_token(spec, convention="ling", seq_len=seq_len)
-    tokens_per_step = micro_batch_size * seq_len
-    per_round = []
-    rounds = max(1, min(rounds, steps))
-    base, extra = divmod(steps, rounds)
-    # peak windows bracket every training window; a round's MFU uses the mean of the two
-    # peaks around it, so load that changes during the benchmark hits both sides alike
-    peak_before = gemm_peak_rates(ctx.device, seconds=0.3, repeats=2)
-    for r in range(rounds):
-        n = base + (1 if r < extra else 0)
-        sync()
-        t = time.perf_counter()
-        c = time.process_time()
-        for _ in range(n):
-            one_step()
-        sync()
-        dt, cpu = time.perf_counter() - t, time.process_time() - c
-        peak_after = gemm_peak_rates(ctx.device, seconds=0.3, repeats=2)
-        peak = 0.5 * (peak_before[0] + peak_after[0])
-        peak_cpu = 0.5 * (peak_before[1] + peak_after[1])
-        tps = n * tokens_per_step / dt
-        per_round.append({
-            "tokens_per_s": tps, "peak_flops_per_s": peak, "mfu": m * tps / peak,
-            "mfu_cpu_time": (m * n * tokens_per_step / cpu / peak_cpu) if peak_cpu else None,
-            "cpu_s": cpu, "wall_s": dt,
-        })
-        peak_before = peak_after
+    per_round = _timed_rounds(parts.ctx.device, run_steps, steps, rounds,
+                              tokens_per_step=micro_batch_size * seq_len, flops_per_token=m)
     parallel.shutdown(ctx)
     tps = statistics.median(p["tokens_per_s"] for p in per_round)
-    peak = statistics.median(p["peak_flops_per_s"] for p in per_round)
     return {
         "tokens_per_s": tps,
         "model_flops_per_s": m * tps,
-        "peak_flops_per_s": peak,
+        "peak_flops_per_s": statistics.median(p["peak_flops_per_s"] for p in per_round),
         "mfu": statistics.median(p["mfu"] for p in per_round),
         "mfu_cpu_time": (statistics.median(p["mfu_cpu_time"] for p in per_round)
                          if per_round[0]["mfu_cpu_time"] is not None else None),
@@ -163,9 +117,39 @@ def bench_train(
         "seq_len": seq_len,
         "micro_batch_size": micro_batch_size,
         "steps": steps,
-        "rounds": rounds,
+        "rounds": len(per_round),
         "warmup_s": warmup_s,
         "arch": "moe" if spec.is_moe else "dense",
         "spec": spec.to_dict(),
         "per_round": per_round,
     }
+
+
+def _timed_rounds(
+    device: torch.device, run_steps, steps: int, rounds: int, *,
+    tokens_per_step: int, flops_per_token: float,
+) -> list[dict[str, Any]]:
+    """Time ``steps`` training steps in ``rounds`` windows, each bracketed by GEMM-peak
+    windows; a round's MFU uses the mean of the two peaks around it, so load that changes
+    during the benchmark hits numerator and denominator alike."""
+    per_round = []
+    rounds = max(1, min(rounds, steps))
+    base, extra = divmod(steps, rounds)
+    peak_before = gemm_peak_rates(device, seconds=0.3, repeats=2)
+    for r in range(rounds):
+        n = base + (1 if r < extra else 0)
+        t, c = time.perf_counter(), time.process_time()
+        run_steps(n)  # train_step synchronises (statistics all-reduce on the host)
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
+        peak_after = gemm_peak_rates(device, seconds=0.3, repeats=2)
+        peak = 0.5 * (peak_before[0] + peak_after[0])
+        peak_cpu = 0.5 * (peak_before[1] + peak_after[1])
+        tps = n * tokens_per_step / dt
+        per_round.append({
+            "tokens_per_s": tps, "peak_flops_per_s": peak, "mfu": flops_per_token * tps / peak,
+            "mfu_cpu_time": (flops_per_token * n * tokens_per_step / cpu / peak_cpu
+                             if peak_cpu else None),
+            "cpu_s": cpu, "wall_s": dt,
+        })
+        peak_before = peak_after
+    return per_round

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from moescale.errors import ConfigError, check_range
-from moescale.model.config import BACKENDS, ROUTERS, MoEConfig
+from moescale.model.config import MoEConfig
 from moescale.spec.accounting import flops_per_token
 from moescale.spec.model_spec import ModelSpec
 
@@ -31,12 +32,14 @@ __all__ = [
     "resolve_plan",
     "el_lr_opt",
     "el_batch_opt",
-    "moe_config",
     "load_run_config",
+    "upgrade_train_dict",
 ]
 
-TRAIN_SCHEMA_VERSION = 1
-"""Version of the resolved-config record written to ``DIR/config.json``."""
+TRAIN_SCHEMA_VERSION = 2
+"""Version of the run records a run folder holds (``moescale_run.json``, ``result.json``).
+2: MoE options nested in ``TrainConfig.moe`` (``[train.moe]``); run identity drops
+fields at their defaults; the final evaluation's statistics in ``result.json``."""
 
 MICRO_BATCH_TOKENS = 16384
 """Default upper bound on tokens per micro-batch (per rank) when ``micro_batch_size`` is
@@ -165,21 +168,10 @@ class TrainConfig:
     """Token cache folder; ``None`` → the data package's default."""
     epochs: float = 1.0
     """Most passes over the training split the run may make; >1 repeats data explicitly."""
-    router: str = "softmax_topk"
-    """MoE router: ``softmax_topk`` ([EL]: un-renormalised softmax gates),
-    ``softmax_topk_renorm`` or ``sigmoid_topk`` ([LING2]); see :class:`MoEConfig`."""
-    routed_scaling: float = 1.0
-    """Factor on the routed experts' combined output (DeepSeek-V3 / [LING2] use 2.5)."""
-    aux_loss_coef: float = 0.01
-    """Load-balancing auxiliary loss coefficient ([EL]: 0.01)."""
-    z_loss_coef: float = 0.001
-    """Router z-loss coefficient ([EL]: 0.001)."""
-    aux_free_bias_rate: float = 0.0
-    """Aux-loss-free balancing bias update rate u ([LING2]: 1e-3); 0 disables."""
-    capacity_factor: float | None = None
-    """Expert capacity factor (tokens dropped above it); ``None``: no dropping."""
-    moe_backend: str = "auto"
-    """MoE dispatch back-end of the model package."""
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    """Routing and balancing recipe of the MoE layers (``[train.moe]`` in TOML; a dict is
+    accepted): [EL] softmax top-k with aux loss 0.01 and z-loss 0.001 by default. Unused by
+    dense specs. See :class:`~moescale.model.config.MoEConfig`."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form provenance (e.g. sweep id); recorded, never used."""
 
@@ -245,14 +237,10 @@ class TrainConfig:
             )
         check_range("val_fraction", self.val_fraction, low=0, high=0.5, low_inclusive=False)
         check_range("epochs", self.epochs, low=0, low_inclusive=False)
-        _choice("router", self.router, ROUTERS)
-        check_range("routed_scaling", self.routed_scaling, low=0, low_inclusive=False)
-        _choice("moe_backend", self.moe_backend, BACKENDS)
-        check_range("aux_loss_coef", self.aux_loss_coef, low=0)
-        check_range("z_loss_coef", self.z_loss_coef, low=0)
-        check_range("aux_free_bias_rate", self.aux_free_bias_rate, low=0)
-        if self.capacity_factor is not None:
-            check_range("capacity_factor", self.capacity_factor, low=0, low_inclusive=False)
+        if isinstance(self.moe, dict):
+            object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
+        elif not isinstance(self.moe, MoEConfig):
+            raise ConfigError(f"'moe' must be a table of MoE options; got {self.moe!r}")
 
     # ------------------------------------------------------------------ records
     def replace(self, **changes: Any) -> TrainConfig:
@@ -265,7 +253,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (e.g. a ``[train]`` TOML table); unknown keys raise ConfigError."""
+        """Build from a dict (e.g. a ``[train]`` TOML table); unknown keys raise ConfigError.
+
+        Schema-1 flat MoE keys (``router``, ``moe_backend``, ...) are moved into ``moe``
+        with a :class:`FutureWarning` (:func:`upgrade_train_dict`).
+        """
+        data = upgrade_train_dict(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -278,12 +271,57 @@ class TrainConfig:
         except TypeError as exc:
             raise ConfigError(f"invalid train config: {exc}") from None
 
-    def run_key(self) -> dict[str, Any]:
-        """The fields that change the numbers a run produces (used to refuse a resume of a
-        run directory with a different config). Logging/checkpoint cadence, device
-        placement of evaluation output and provenance are excluded."""
-        skip = {"checkpoint_every_s", "checkpoint_every_steps", "extra", "cache_dir"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+LEGACY_MOE_KEYS: dict[str, str] = {
+    "router": "router",
+    "routed_scaling": "routed_scaling",
+    "aux_loss_coef": "aux_loss_coef",
+    "z_loss_coef": "z_loss_coef",
+    "aux_free_bias_rate": "aux_free_bias_rate",
+    "capacity_factor": "capacity_factor",
+    "moe_backend": "backend",
+}
+"""Schema-1 flat ``[train]`` keys and the :class:`MoEConfig` field each became in schema 2."""
+
+
+def upgrade_train_dict(data: dict[str, Any], *, warn: bool = True) -> dict[str, Any]:
+    """Move schema-1 flat MoE keys of a ``[train]`` dict into its ``moe`` table.
+
+    ``warn`` emits a :class:`FutureWarning` naming the moved keys (user files); records
+    that moescale wrote itself are upgraded silently. A key given both ways with different
+    values is a :class:`ConfigError`.
+
+    >>> upgrade_train_dict({"compute": 1e9, "moe_backend": "loop"}, warn=False)
+    {'compute': 1000000000.0, 'moe': {'backend': 'loop'}}
+    """
+    legacy = [k for k in LEGACY_MOE_KEYS if k in data]
+    if not legacy:
+        return dict(data)
+    out = {k: v for k, v in data.items() if k not in LEGACY_MOE_KEYS}
+    nested = out.get("moe", {})
+    if isinstance(nested, MoEConfig):
+        nested = dataclasses.asdict(nested)
+    if not isinstance(nested, dict):
+        raise ConfigError(f"'moe' must be a table of MoE options; got {nested!r}")
+    nested = dict(nested)
+    for k in legacy:
+        new = LEGACY_MOE_KEYS[k]
+        if new in nested and nested[new] != data[k]:
+            raise ConfigError(
+                f"train option {k!r} = {data[k]!r} conflicts with moe.{new} = {nested[new]!r}; "
+                "keep only [train.moe]"
+            )
+        nested[new] = data[k]
+    out["moe"] = nested
+    if warn:
+        moved = ", ".join(f"{k} -> moe.{LEGACY_MOE_KEYS[k]}" for k in legacy)
+        warnings.warn(
+            f"train config schema {TRAIN_SCHEMA_VERSION}: MoE options live in [train.moe]; "
+            f"upgraded the flat key(s) {moved}. Move them under [train.moe] to silence this.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return out
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -410,19 +448,6 @@ def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1) -> T
     )
 
 
-def moe_config(config: TrainConfig) -> MoEConfig:
-    """The :class:`~moescale.model.config.MoEConfig` of a run's MoE layers."""
-    return MoEConfig(
-        router=config.router,
-        routed_scaling=config.routed_scaling,
-        aux_loss_coef=config.aux_loss_coef,
-        z_loss_coef=config.z_loss_coef,
-        aux_free_bias_rate=config.aux_free_bias_rate,
-        capacity_factor=config.capacity_factor,
-        backend=config.moe_backend,
-    )
-
-
 def load_run_config(
     path: str | os.PathLike, overrides: dict[str, Any] | None = None
 ) -> tuple[ModelSpec, TrainConfig]:
@@ -438,7 +463,15 @@ def load_run_config(
     table = extras.get("train", {})
     if not isinstance(table, dict):
         raise ConfigError(f"[train] in {path} must be a table; got {type(table).__name__}")
-    merged = {**table, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    table = upgrade_train_dict(table)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    moe_given = {k: v for k, v in given.pop("moe", {}).items() if v is not None}
+    merged = {**table, **given}
+    if moe_given:
+        moe_table = merged.get("moe", {})
+        if not isinstance(moe_table, dict):
+            raise ConfigError(f"[train.moe] in {path} must be a table; got {moe_table!r}")
+        merged["moe"] = {**moe_table, **moe_given}
     if "compute" not in merged:
         raise ConfigError("'compute' is required (--compute C in FLOPs, or [train] compute)")
     return spec, TrainConfig.from_dict(merged)

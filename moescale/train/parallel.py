@@ -107,13 +107,6 @@ def wrap_model(model: nn.Module, ctx: DistContext, *, fsdp: bool = False) -> nn.
     return DDP(model, device_ids=ids, broadcast_buffers=False)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / ``torch.compile`` wrappers."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
-    return getattr(inner, "_orig_mod", inner)
-
-
 def no_sync(model: nn.Module, active: bool):
     """DDP's ``no_sync`` while accumulating gradients (all-reduce only on the last micro-batch)."""
     if active and hasattr(model, "no_sync"):

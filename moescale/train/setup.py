@@ -18,7 +18,8 @@ from torch import nn
 from moescale.errors import ConfigError, DataError
 from moescale.spec.model_spec import ModelSpec
 from moescale.train import parallel
-from moescale.train.config import TrainConfig, TrainPlan, moe_config
+from moescale.train.config import TrainConfig, TrainPlan
+from moescale.train.step import TrainParts
 
 __all__ = [
     "Runtime",
@@ -26,6 +27,7 @@ __all__ = [
     "open_training_data",
     "build_training_model",
     "build_optimizer",
+    "build_training",
 ]
 
 
@@ -188,7 +190,7 @@ def build_training_model(spec: ModelSpec, config: TrainConfig, ctx, runtime: Run
     from moescale.model import build_model
 
     torch.manual_seed(config.seed)
-    moe = moe_config(config) if spec.is_moe else None
+    moe = config.moe if spec.is_moe else None
     model = build_model(spec, moe, init_std=config.init_std, device=ctx.device)
     model.train()
     wrapped = parallel.wrap_model(model, ctx, fsdp=runtime.fsdp)
@@ -212,3 +214,13 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx) -> torch.optim.O
     ]
     kw = {"fused": True} if ctx.device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=0.0, betas=(config.beta1, config.beta2), **kw)
+
+
+def build_training(spec: ModelSpec, config: TrainConfig, ctx, runtime: Runtime) -> TrainParts:
+    """Model (seeded, wrapped, maybe compiled) and optimizer: what :func:`train_step` needs."""
+    model, step_model, eval_model = build_training_model(spec, config, ctx, runtime)
+    return TrainParts(
+        model=model, step_model=step_model, eval_model=eval_model,
+        optimizer=build_optimizer(model, config, ctx), ctx=ctx,
+        autocast_dtype=runtime.autocast_dtype,
+    )

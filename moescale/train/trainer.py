@@ -5,7 +5,9 @@ the run's sequence length, [EL] arXiv 2507.17702 App. C), in ``round(D / B)``
 optimizer steps of B tokens, so ``result["flops"]`` is within half a batch of
 C. Outputs in ``out_dir``:
 
-- ``config.json`` — the fully resolved config (spec, train options, plan, data), versioned;
+- ``moescale_run.json`` — the fully resolved config (spec, train options, plan, data),
+  versioned (named so that Hugging Face tools do not mistake it for a model
+  ``config.json``; folders written before schema 2 have ``config.json`` and still resume);
 - ``metrics.jsonl`` — one line per log step: ``step``, ``tokens``, ``flops``, ``lr``,
   ``train_loss``, ``aux_loss``, ``val_loss`` (eval steps), ``epoch``, MoE routing
   statistics (e.g. ``max_load_ratio``, averaged over micro-batches and ranks);
@@ -44,40 +46,25 @@ from moescale.train.checkpoint import (
     set_rng_state,
 )
 from moescale.train.config import TRAIN_SCHEMA_VERSION, TrainConfig, TrainPlan, resolve_plan
+from moescale.train.identity import identity_diff, run_identity, upgrade_identity
 from moescale.train.run_log import MetricsLog, ProgressBar, tensorboard_writer
 from moescale.train.schedule import lr_at
-from moescale.train.setup import (
-    build_optimizer,
-    build_training_model,
-    open_training_data,
-    runtime_settings,
-)
+from moescale.train.setup import build_training, open_training_data, runtime_settings
+from moescale.train.step import StepResult, eval_losses, train_step
 from moescale.train.throughput import gemm_peak_flops
 
-__all__ = ["train", "RESULT_NAME", "CONFIG_NAME", "METRICS_NAME"]
+__all__ = ["train", "RESULT_NAME", "RUN_CONFIG_NAME", "METRICS_NAME"]
 
 RESULT_NAME = "result.json"
-CONFIG_NAME = "config.json"
+RUN_CONFIG_NAME = "moescale_run.json"
+LEGACY_RUN_CONFIG_NAME = "config.json"
+"""Schema-1 name of :data:`RUN_CONFIG_NAME` (read when resuming an old folder)."""
 METRICS_NAME = "metrics.jsonl"
 
 
-def _run_key(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
-    spec_d = {k: v for k, v in spec.to_dict().items() if k not in ("extra", "name")}
-    return json.loads(json.dumps({"spec": spec_d, "train": config.run_key()}))
-
-
-def _key_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    out = []
-    for part in ("spec", "train"):
-        a, b = old.get(part, {}), new.get(part, {})
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                out.append(f"{part}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return out
-
-
-def _check_same_run(old: dict[str, Any], new: dict[str, Any], where: Path) -> None:
-    diff = _key_diff(old, new)
+def _check_same_run(stored: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
+    """Refuse ``where`` unless the identity it stores (any schema) is ``identity``."""
+    diff = identity_diff(upgrade_identity(stored), identity)
     if diff:
         raise ConfigError(
             f"{where} belongs to a run with a different config ({'; '.join(diff[:6])}); "
@@ -105,34 +92,6 @@ def _finished(out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         raise DataError(f"cannot read {path}: {exc}; delete it to retrain") from None
     _check_same_run(result.get("run_key", {}), key, path)
     return result
-
-
-def _scalar_stats(stats: dict[Any, Any] | None) -> dict[str, torch.Tensor]:
-    """Scalar routing statistics of one forward pass (tensors kept on device, no sync).
-
-    The model reports per MoE layer ``{layer: {"imbalance": max/mean load, "dropped_fraction",
-    "load"}}``; the trainer logs ``max_load_ratio`` (worst layer's max/mean expert load),
-    ``mean_load_ratio`` (mean over layers) and ``dropped_fraction`` (mean over layers).
-    Flat scalar entries (``{name: value}``) are passed through.
-    """
-    out: dict[str, torch.Tensor] = {}
-    per_layer: dict[str, list[torch.Tensor]] = {}
-    for k, v in (stats or {}).items():
-        if isinstance(v, dict):
-            for name, value in v.items():
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    per_layer.setdefault(name, []).append(value.detach().reshape(()).double())
-        elif isinstance(v, torch.Tensor) and v.numel() == 1:
-            out[str(k)] = v.detach().reshape(()).double()
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[str(k)] = torch.tensor(float(v), dtype=torch.float64)
-    if "imbalance" in per_layer:
-        ratios = torch.stack(per_layer.pop("imbalance"))
-        out["max_load_ratio"] = ratios.max()
-        out["mean_load_ratio"] = ratios.mean()
-    for name, values in per_layer.items():
-        out[name] = torch.stack(values).mean()
-    return out
 
 
 def train(
@@ -165,7 +124,7 @@ def train(
     >>> r = train(spec, TrainConfig(compute=1e9, seq_len=32), "/tmp/run")  # doctest: +SKIP
     """
     out = Path(out_dir)
-    key = _run_key(spec, config)
+    key = run_identity(spec, config)
     ctx = parallel.init_distributed(config.device)
     # the run sets process-global torch state; give the caller theirs back afterwards
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
@@ -193,16 +152,17 @@ class _Run:
         self.runtime = runtime_settings(config, ctx, self.plan, moe=spec.is_moe)
         self.progress_enabled = progress
         self.data, self.val = open_training_data(spec, config, self.plan, ctx)
-        self.model, self.step_model, self.eval_model = build_training_model(
-            spec, config, ctx, self.runtime
-        )
-        self.optimizer = build_optimizer(self.model, config, ctx)
+        self.parts = build_training(spec, config, ctx, self.runtime)
         self.metrics = MetricsLog(out / METRICS_NAME, enabled=ctx.is_main)
         self.start_step = 0
         self.wall_prev = 0.0
         self.step_losses: list[float] = []
         self.last_val: float | None = None
-        self.stat_keys: list[str] | None = None
+        # timing of this process (not checkpointed: wall time is, via wall_prev)
+        self.t_start = 0.0
+        self.t_train = 0.0
+        self.tokens_here = 0
+        self.peak = 0.0
 
     # ------------------------------------------------------------------ state
     def _write_config(self) -> None:
@@ -217,33 +177,38 @@ class _Run:
             "world_size": self.ctx.world_size,
             "torch_version": torch.__version__,
         }
-        atomic_write(self.out / CONFIG_NAME, json.dumps(record, indent=2, default=str) + "\n")
+        text = json.dumps(record, indent=2, default=str) + "\n"
+        atomic_write(self.out / RUN_CONFIG_NAME, text)
+        (self.out / LEGACY_RUN_CONFIG_NAME).unlink(missing_ok=True)
 
     def _restore(self) -> None:
-        path = self.out / CONFIG_NAME
-        if path.is_file():
+        for name in (RUN_CONFIG_NAME, LEGACY_RUN_CONFIG_NAME):
+            path = self.out / name
+            if not path.is_file():
+                continue
             with contextlib.suppress(OSError, json.JSONDecodeError):
-                _check_same_run(json.loads(path.read_text()).get("run_key", {}), self.key, path)
+                record = json.loads(path.read_text())
+                if isinstance(record, dict) and "run_key" in record:  # not an HF config
+                    _check_same_run(record["run_key"], self.key, path)
         ckpt = load_checkpoint(self.out, n_steps=self.plan.n_steps,
                                world_size=self.ctx.world_size, quarantine=self.ctx.is_main)
         if ckpt is None:
             self.metrics.truncate(0)
             return
         _check_same_run(ckpt["run_key"], self.key, self.out / CHECKPOINT_NAME)
-        parallel.load_state(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"],
-                            self.runtime.fsdp)
+        parallel.load_state(self.parts.model, self.parts.optimizer, ckpt["model"],
+                            ckpt["optimizer"], self.runtime.fsdp)
         set_rng_state(ckpt["rng"])
         self.start_step = int(ckpt["step"])
         self.wall_prev = float(ckpt["wall_time_s"])
         self.step_losses = list(ckpt["step_losses"])
         self.last_val = ckpt["last_val_loss"]
-        self.stat_keys = ckpt["stat_keys"]
         self.metrics.truncate(int(ckpt["metrics_lines"]))
 
-    def _checkpoint(self, next_step: int, wall: float) -> None:
+    def _checkpoint(self, next_step: int) -> None:
         fsdp = self.runtime.fsdp
-        model_sd = parallel.model_state(self.model, fsdp)  # collective under FSDP2
-        optim_sd = parallel.optimizer_state(self.model, self.optimizer, fsdp)
+        model_sd = parallel.model_state(self.parts.model, fsdp)  # collective under FSDP2
+        optim_sd = parallel.optimizer_state(self.parts.model, self.parts.optimizer, fsdp)
         if not self.ctx.is_main:
             return
         self.metrics.sync()
@@ -254,165 +219,130 @@ class _Run:
             "optimizer": optim_sd,
             "rng": rng_state(),
             "metrics_lines": self.metrics.lines,
-            "wall_time_s": wall,
+            "wall_time_s": self._wall(),
             "step_losses": list(self.step_losses),
             "last_val_loss": self.last_val,
-            "stat_keys": self.stat_keys,
             "world_size": self.ctx.world_size,
         }
         save_checkpoint(self.out, payload)
 
     # ------------------------------------------------------------------ steps
-    def _autocast(self):
-        if self.runtime.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=self.runtime.autocast_dtype)
+    def _wall(self) -> float:
+        return self.wall_prev + time.perf_counter() - self.t_start
 
-    def _train_step(self, step: int) -> tuple[torch.Tensor, float]:
-        """Forward/backward over the micro-batches of ``step``; returns the all-reduced stats
-        vector ``[loss_sum, aux_sum, n_micro, *routing stats]`` and the gradient norm."""
+    def _tokens_per_s(self) -> float:
+        return self.tokens_here / self.t_train if self.t_train > 0 else 0.0
+
+    def _mfu(self, tps: float) -> float:
+        peak = self.peak * self.ctx.world_size
+        return self.plan.flops_per_token * tps / peak if peak > 0 else 0.0
+
+    def _step(self, step: int, max_loss: float) -> tuple[float, StepResult]:
+        """Train optimizer step ``step`` (0-based); returns its learning rate and result."""
         plan, ctx, cfg = self.plan, self.ctx, self.config
-        x, y = self.data.batch(
-            step, plan.batch_size, plan.seq_len, rank=ctx.rank, world_size=ctx.world_size,
-            seed=cfg.seed,
-        )
-        x = x.to(ctx.device, non_blocking=True)
-        y = y.to(ctx.device, non_blocking=True)
-        mb, n_micro = plan.micro_batch_size, plan.grad_accum
-        acc: torch.Tensor | None = None
-        for i in range(n_micro):
-            xs, ys = x[i * mb : (i + 1) * mb], y[i * mb : (i + 1) * mb]
-            with parallel.no_sync(self.step_model, i < n_micro - 1), self._autocast():
-                outp = self.step_model(xs, ys)
-                aux = outp.aux_loss if getattr(outp, "aux_loss", None) is not None else None
-                total = outp.loss if aux is None else outp.loss + aux
-            (total / n_micro).backward()
-            stats = _scalar_stats(getattr(outp, "routing_stats", None))
-            if self.stat_keys is None:
-                self.stat_keys = sorted(stats)
-            parts = [
-                outp.loss.detach().double().reshape(()),
-                (aux.detach().double().reshape(()) if aux is not None
-                 else torch.zeros((), dtype=torch.float64, device=ctx.device)),
-            ] + [stats[k].to(ctx.device) if k in stats else
-                 torch.full((), math.nan, dtype=torch.float64, device=ctx.device)
-                 for k in self.stat_keys]
-            vec = torch.stack(parts)
-            acc = vec if acc is None else acc + vec
-        if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        else:
-            norm = torch.zeros(())
-        vec = torch.cat([acc / n_micro, torch.ones(1, dtype=torch.float64, device=ctx.device)])
-        vec = parallel.all_reduce_sum(vec.cpu(), ctx)
-        n_ranks = float(vec[-1])
-        return vec[:-1] / n_ranks, float(norm)
+        x, y = self.data.batch(step, plan.batch_size, plan.seq_len, rank=ctx.rank,
+                               world_size=ctx.world_size, seed=cfg.seed)
+        lr = lr_at(step, plan, cfg)
+        t0 = time.perf_counter()
+        res = train_step(self.parts, x, y, lr=lr, micro_batch_size=plan.micro_batch_size,
+                         grad_clip=cfg.grad_clip, max_loss=max_loss)
+        if res.diverged is None:
+            self.t_train += time.perf_counter() - t0
+            self.tokens_here += plan.batch_tokens
+            self.step_losses.append(res.loss)
+        return lr, res
 
-    @torch.no_grad()
     def _evaluate(self) -> float:
-        model = self.eval_model
-        model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        for x, y in self.val:
-            with self._autocast():
-                total += model(x.to(self.ctx.device), y.to(self.ctx.device)).loss.double()
-        model.train()
-        vec = torch.stack([total.cpu(), torch.tensor(float(len(self.val)), dtype=torch.float64)])
-        vec = parallel.all_reduce_sum(vec, self.ctx)
-        return float(vec[0] / vec[1])
+        """Mean validation loss over the fixed periodic-evaluation batches."""
+        losses = eval_losses(self.parts, self.val)
+        total = 0.0
+        for v in losses:  # sequential, as the record has always been computed
+            total += v
+        return total / len(losses)
+
+    def _log(self, done: int, lr: float, res: StepResult, tb) -> None:
+        """``metrics.jsonl`` line (and TensorBoard scalars) after step ``done``."""
+        plan = self.plan
+        is_eval = done % plan.eval_every_steps == 0 or done == plan.n_steps
+        if not (is_eval or done % self.config.log_every == 0):
+            return
+        record = {
+            "step": done,
+            "tokens": done * plan.batch_tokens,
+            "flops": done * plan.batch_tokens * plan.flops_per_token,
+            "lr": lr,
+            "train_loss": res.loss,
+            "aux_loss": res.aux_loss,
+            "grad_norm": res.grad_norm,
+            "epoch": self.data.epoch_of(done, plan.batch_size, plan.seq_len),
+            **res.stats,
+        }
+        if is_eval:
+            self.last_val = self._evaluate()
+            record["val_loss"] = self.last_val
+        self.metrics.write(record)
+        if tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, float) and math.isfinite(v):
+                    tb.add_scalar(f"run/{k}", v, done)
+            tps = self._tokens_per_s()
+            tb.add_scalar("perf/tokens_per_s", tps, done)
+            tb.add_scalar("perf/mfu", self._mfu(tps), done)
+
+    def _checkpoint_due(self, done: int, last_ckpt: float) -> bool:
+        cfg = self.config
+        due_steps = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
+        due_time = (cfg.checkpoint_every_s is not None
+                    and time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s)
+        return done < self.plan.n_steps and _agree(bool(due_steps or due_time), self.ctx)
 
     # ------------------------------------------------------------------ loop
+    def _loop(self, tb, bar) -> tuple[str, str | None, int]:
+        """Train from ``start_step``; returns (status, error, last step index)."""
+        cfg = self.config
+        max_loss = cfg.max_loss if cfg.max_loss is not None else 2 * math.log(self.spec.vocab_size)
+        last_ckpt = time.perf_counter()
+        step = self.start_step
+        for step in range(self.start_step, self.plan.n_steps):
+            lr, res = self._step(step, max_loss)
+            if res.diverged is not None:
+                return "diverged", f"{res.diverged} at step {step + 1}", step
+            done = step + 1
+            self._log(done, lr, res, tb)
+            tps = self._tokens_per_s()
+            bar.update(done, loss=res.loss, tokens_per_s=tps, mfu=self._mfu(tps))
+            if self._checkpoint_due(done, last_ckpt):
+                self._checkpoint(done)
+                if tb is not None:
+                    tb.flush()
+                last_ckpt = time.perf_counter()
+        return "completed", None, step
+
     def run(self) -> dict[str, Any]:
-        cfg, plan, ctx = self.config, self.plan, self.ctx
+        ctx = self.ctx
         self._restore()
         if ctx.is_main:
             self._write_config()
         peak = gemm_peak_flops(ctx.device, seconds=0.3) if ctx.is_main else 0.0
-        peak = float(parallel.broadcast_object(peak, ctx))
-        max_loss = cfg.max_loss if cfg.max_loss is not None else 2 * math.log(self.spec.vocab_size)
+        self.peak = float(parallel.broadcast_object(peak, ctx))
         tb = tensorboard_writer(self.out / "tb", self.start_step) if ctx.is_main else None
-        bar = ProgressBar(plan.n_steps, self.start_step,
+        bar = ProgressBar(self.plan.n_steps, self.start_step,
                           enabled=self.progress_enabled if ctx.is_main else False)
-        m = plan.flops_per_token
-        t_start = time.perf_counter()
-        t_train = 0.0
-        tokens_here = 0
-        last_ckpt = time.perf_counter()
-        status, error = "completed", None
-        step = self.start_step
+        self.t_start = time.perf_counter()
         try:
-            for step in range(self.start_step, plan.n_steps):
-                lr = lr_at(step, plan, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                t0 = time.perf_counter()
-                vec, gnorm = self._train_step(step)
-                loss, aux = float(vec[0]), float(vec[1])
-                if not (math.isfinite(loss) and math.isfinite(gnorm) and math.isfinite(aux)):
-                    status = "diverged"
-                    error = f"non-finite loss {loss} (grad norm {gnorm}) at step {step + 1}"
-                    break
-                if loss > max_loss:
-                    status = "diverged"
-                    error = (f"train loss {loss:.4g} above max_loss {max_loss:.4g} "
-                             f"at step {step + 1}")
-                    break
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                update = getattr(self.model, "update_router_biases", None)
-                if callable(update):
-                    update()
-                if ctx.device.type == "cuda":
-                    torch.cuda.synchronize(ctx.device)
-                t_train += time.perf_counter() - t0
-                tokens_here += plan.batch_tokens
-                self.step_losses.append(loss)
-                done = step + 1
-                is_eval = done % plan.eval_every_steps == 0 or done == plan.n_steps
-                is_log = is_eval or done % cfg.log_every == 0
-                tps = tokens_here / t_train if t_train > 0 else 0.0
-                mfu = m * tps / (peak * ctx.world_size) if peak > 0 else 0.0
-                if is_log:
-                    record = {
-                        "step": done,
-                        "tokens": done * plan.batch_tokens,
-                        "flops": done * plan.batch_tokens * m,
-                        "lr": lr,
-                        "train_loss": loss,
-                        "aux_loss": aux,
-                        "grad_norm": gnorm,
-                        "epoch": self.data.epoch_of(done, plan.batch_size, plan.seq_len),
-                    }
-                    for k, v in zip(self.stat_keys or [], vec[2:].tolist(), strict=True):
-                        record[k] = v
-                    if is_eval:
-                        self.last_val = self._evaluate()
-                        record["val_loss"] = self.last_val
-                    self.metrics.write(record)
-                    if tb is not None:
-                        for k, v in record.items():
-                            if k != "step" and isinstance(v, float) and math.isfinite(v):
-                                tb.add_scalar(f"run/{k}", v, done)
-                        tb.add_scalar("perf/tokens_per_s", tps, done)
-                        tb.add_scalar("perf/mfu", mfu, done)
-                bar.update(done, loss=loss, tokens_per_s=tps, mfu=mfu)
-                due_steps = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
-                due_time = (cfg.checkpoint_every_s is not None
-                            and time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s)
-                if done < plan.n_steps and _agree(bool(due_steps or due_time), ctx):
-                    self._checkpoint(done, self.wall_prev + time.perf_counter() - t_start)
-                    if tb is not None:
-                        tb.flush()
-                    last_ckpt = time.perf_counter()
+            status, error, step = self._loop(tb, bar)
         finally:
             bar.close()
             self.metrics.close()
             if tb is not None:
                 tb.close()
-        wall = self.wall_prev + time.perf_counter() - t_start
-        tps = tokens_here / t_train if t_train > 0 else 0.0
-        result = self._result(status, error, step, wall, tps, peak)
-        final_sd = parallel.model_state(self.model, self.runtime.fsdp)
+        return self._finish(status, error, step)
+
+    def _finish(self, status: str, error: str | None, step: int) -> dict[str, Any]:
+        """Write ``model.pt`` (completed runs) and ``result.json``; drop the checkpoint."""
+        ctx = self.ctx
+        result = self._result(status, error, step, self._wall(), self._tokens_per_s(), self.peak)
+        final_sd = parallel.model_state(self.parts.model, self.runtime.fsdp)
         if ctx.is_main:
             if status == "completed":
                 save_weights(self.out, final_sd)
