@@ -239,7 +239,7 @@ def test_step_past_the_end_is_refused(cache, tmp_path, monkeypatch, one_torch_th
     cfg = _cfg(cache)
     out = tmp_path / "run"
     _interrupted(cfg, out, monkeypatch)
-    n_steps = json.loads((out / "config.json").read_text())["plan"]["n_steps"]
+    n_steps = json.loads((out / "moescale_run.json").read_text())["plan"]["n_steps"]
     ckpt = torch.load(out / ck.CHECKPOINT_NAME, weights_only=True)
     ckpt.pop("manifest"), ckpt.pop("checkpoint_version")
     ckpt["step"] = n_steps + 100
