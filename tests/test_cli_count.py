@@ -82,7 +82,7 @@ BAD_SPECS = {
                 "d_ffn=8\n", "'n_kv_heads' must divide 'n_heads'"),
     "garbage.txt": ("this is = = not toml", "neither an HF config.json nor valid TOML"),
     "broken.json": ('{"model_type": ', "not valid JSON"),
-    "unknown.json": ('{"model_type": "gemma3"}', "'gemma3'"),
+    "unknown.json": ('{"model_type": "nosuch"}', "'nosuch'"),
     "missing.json": ('{"model_type": "qwen3_moe", "hidden_size": 64}', "'num_attention_heads'"),
 }
 

@@ -7,7 +7,9 @@ GQA through ``scaled_dot_product_attention`` (causal), SwiGLU FFNs, the first
 spec option the accounting counts is built, so ``sum(p.numel())`` equals
 ``count_params(spec).total`` (plus the selection-bias buffers when the spec has them,
 see :meth:`Transformer.param_counts`). Not built (``ConfigError``): MLA, attention sinks
-and expert biases (gpt-oss); the accounting still counts those specs.
+and expert biases (gpt-oss), LayerNorm and norm/FFN/head biases, other than two norms
+per block, NoPE layers, chunked attention and parameter-free L2 QK-norm (imported HF
+families); the accounting still counts those specs.
 
 Conventions: weights ``N(0, init_std²)`` (0.006 as in [EL]), norm weights 1, biases 0;
 RMSNorm eps 1e-6 computed in fp32; partial RoPE rotates the first
@@ -189,11 +191,20 @@ class Transformer(nn.Module):
             (spec.attention == "mla", "attention='mla'"),
             (spec.attention_sinks, "attention_sinks=True"),
             (spec.expert_bias, "expert_bias=True"),
+            (spec.norm != "rms", f"norm={spec.norm!r}"),
+            (spec.norm_bias, "norm_bias=True"),
+            (spec.norms_per_layer != 2, f"norms_per_layer={spec.norms_per_layer}"),
+            (spec.ffn_bias, "ffn_bias=True"),
+            (spec.head_bias, "head_bias=True"),
+            (bool(spec.nope_layers), "nope_layers (layers without RoPE)"),
+            (spec.local_attention != "sliding" and spec.sliding_window is not None,
+             f"local_attention={spec.local_attention!r}"),
+            (spec.qk_norm == "l2", "qk_norm='l2'"),
         ):
             if flag:
                 raise ConfigError(
                     f"{what} is not supported by the PyTorch model (the accounting counts it); "
-                    "use a GQA spec without sinks or expert biases"
+                    "use a pre-RMSNorm GQA spec without these features"
                 )
         if not init_std > 0:
             raise ConfigError(f"'init_std' must be a number in (0, inf); got {init_std!r}")

@@ -143,7 +143,7 @@ def _mtp_params(s: ModelSpec) -> int:
     if s.is_moe:
         block += _moe_params(s, active=False)
     else:
-        block += 3 * d * s.d_ffn
+        block += _dense_ffn_params(s)
     return s.n_mtp_layers * (block + 2 * d + 2 * d * d + d)
 
 
@@ -159,10 +159,26 @@ def _router_params(s: ModelSpec) -> int:
 
 
 def _shared_params(s: ModelSpec) -> int:
-    """All shared experts of one MoE layer, with Qwen2-MoE's shared gate if present."""
-    return s.n_shared_experts * 3 * s.d_model * s.d_shared + (
-        s.d_model if s.shared_expert_gate else 0
-    )
+    """All shared experts of one MoE layer, with Qwen2-MoE's shared gate if present.
+
+    With ``ffn_bias`` the shared experts are one fused MLP (ERNIE 4.5): 2·E_s·d_s + d biases.
+    """
+    if not s.n_shared_experts:
+        return 0
+    n = s.n_shared_experts * 3 * s.d_model * s.d_shared
+    if s.ffn_bias:
+        n += 2 * s.n_shared_experts * s.d_shared + s.d_model
+    return n + (s.d_model if s.shared_expert_gate else 0)
+
+
+def _dense_ffn_params(s: ModelSpec) -> int:
+    """One dense SwiGLU FFN (gate, up, down), with biases when ``ffn_bias``."""
+    return 3 * s.d_model * s.d_ffn + ((2 * s.d_ffn + s.d_model) if s.ffn_bias else 0)
+
+
+def _norm_params(s: ModelSpec) -> int:
+    """One norm of width d (weight, plus a bias for LayerNorm with bias)."""
+    return s.d_model * (2 if s.norm_bias else 1)
 
 
 def _moe_params(s: ModelSpec, *, active: bool) -> int:
@@ -192,10 +208,10 @@ def count_params(spec: ModelSpec, *, include_mtp: bool = False) -> ParamCounts:
     per_expert = _expert_params(s)
     return ParamCounts(
         embedding=s.vocab_size * d,
-        head=0 if s.tie_embeddings else s.vocab_size * d,
+        head=(0 if s.tie_embeddings else s.vocab_size * d) + (s.vocab_size if s.head_bias else 0),
         attention=s.n_layers * _attention_params(s),
-        norms=(2 * s.n_layers + 1) * d,
-        dense_ffn=s.n_dense_layer_count * 3 * d * s.d_ffn,
+        norms=(s.norms_per_layer * s.n_layers + 1) * _norm_params(s),
+        dense_ffn=s.n_dense_layer_count * _dense_ffn_params(s),
         router=n_moe * _router_params(s),
         routed_experts=n_moe * s.n_experts * per_expert,
         routed_experts_active=n_moe * s.top_k * per_expert,
@@ -205,7 +221,10 @@ def count_params(spec: ModelSpec, *, include_mtp: bool = False) -> ParamCounts:
 
 
 def _context(s: ModelSpec, i: int, seq_len: int) -> int:
-    """Keys attended per query in layer i at sequence length s (full s, no causal halving)."""
+    """Keys attended per query in layer i at sequence length s (full s, no causal halving).
+
+    Sliding-window and chunked layers both attend min(s, window) keys.
+    """
     if s.is_sliding_layer(i):
         return min(seq_len, s.sliding_window)
     return seq_len
@@ -217,7 +236,11 @@ def attention_flops_per_token(spec: ModelSpec, seq_len: int, layer: int = 0) -> 
     Projections are 2 FLOPs per weight (biases, norms and sinks excluded); scores are
     ``2·ctx·n_h·d_qk + 2·ctx·n_h·d_v`` with ctx the keys attended (full sequence).
     """
-    s = spec
+    return _attention_flops(spec, _context(spec, layer, seq_len))
+
+
+def _attention_flops(s: ModelSpec, ctx: int) -> tuple[int, int]:
+    """(projections, scores) forward FLOPs per token with ``ctx`` keys per query."""
     d, nh, nkv, hd = s.d_model, s.n_heads, s.n_kv_heads, s.head_dim
     if s.attention == "mla":
         qk = s.qk_nope_head_dim + s.qk_rope_head_dim
@@ -230,15 +253,21 @@ def attention_flops_per_token(spec: ModelSpec, seq_len: int, layer: int = 0) -> 
     else:
         proj = 2 * (2 * d * nh * hd + 2 * d * nkv * hd)
         d_qk = d_v = hd
-    ctx = _context(s, layer, seq_len)
     return proj, 2 * ctx * nh * d_qk + 2 * ctx * nh * d_v
 
 
-def _ffn_flops_fwd(s: ModelSpec, i: int) -> int:
+def _ling_forward(s: ModelSpec, seq_len: int) -> int:
+    """Σ_layers (attn_proj + attn_scores + ffn), forward, in closed form: layers are
+    grouped by kind (sliding or full attention; MoE or dense FFN) and each group's
+    per-layer cost is multiplied by its size."""
     d = s.d_model
-    if s.is_moe_layer(i):
-        return 6 * d * (s.top_k * s.d_expert + s.n_shared_experts * s.d_shared)
-    return 6 * d * s.d_ffn
+    n_slide = s.n_sliding_layers
+    proj, full_scores = _attention_flops(s, seq_len)
+    total = s.n_layers * proj + (s.n_layers - n_slide) * full_scores
+    if n_slide:
+        total += n_slide * _attention_flops(s, min(seq_len, s.sliding_window))[1]
+    moe = 6 * d * (s.top_k * s.d_expert + s.n_shared_experts * s.d_shared)
+    return total + s.n_moe_layers * moe + s.n_dense_layer_count * 6 * d * s.d_ffn
 
 
 def flops_per_token(
@@ -267,11 +296,7 @@ def flops_per_token(
     """
     check_range("seq_len", seq_len, low=1, integer=True)
     if convention == "ling":
-        fwd = 0
-        for i in range(spec.n_layers):
-            proj, scores = attention_flops_per_token(spec, seq_len, i)
-            fwd += proj + scores + _ffn_flops_fwd(spec, i)
-        train = 3 * fwd
+        train = 3 * _ling_forward(spec, seq_len)
     elif convention == "6n":
         train = 6 * count_params(spec).active_non_embedding
     elif convention == "fg":

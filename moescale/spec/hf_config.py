@@ -1,40 +1,57 @@
 """Import a Hugging Face ``config.json`` as a :class:`ModelSpec`.
 
-Dispatch is on ``model_type``. Each family's reader follows the family's modelling
-code (``transformers`` 5.x, or the vendor's ``trust_remote_code`` files for
-BailingMoe) so that :func:`~moescale.spec.accounting.count_params` equals the
-checkpoint's parameter count. Absent optional keys take the family's config-class
-default; an absent required key is a :class:`ConfigError` naming it.
+Each family is one declarative table (``_FAMILIES``): ModelSpec field -> where its
+value comes from (a config key with the family's config-class default, a constant,
+or a shared helper for structure such as layer layouts and sliding windows). The
+tables follow the families' modelling code in ``transformers`` 5.x (or the vendor's
+``trust_remote_code`` files for BailingMoe), so that
+:func:`~moescale.spec.accounting.count_params` equals ``sum(p.numel())`` of the
+model built from the same config (``tests/test_hf_roundtrip.py`` checks this for
+every family against the installed transformers). Absent optional keys take the
+config class's default; an absent required key is a :class:`ConfigError` naming it.
 
-Family traps handled (see ``docs/conventions.md``):
+A ``model_type`` that is a remote-code name (``kimi_k2``) is resolved through
+``architectures[0]`` (``DeepseekV3ForCausalLM`` -> ``deepseek_v3``). Families whose
+structure ModelSpec cannot express are refused with the reason (``REFUSED``);
+``moescale count --via transformers`` still counts them exactly.
 
-- ``olmoe``: RMSNorm over the *full* q and k projections (not flagged in the config).
-- ``qwen3`` / ``qwen3_moe``: per-head q/k RMSNorm; explicit ``head_dim`` (may differ
-  from hidden / heads; ``qwen3`` defaults to 128).
-- ``qwen2`` / ``qwen2_moe``: q/k/v biases; Qwen2-MoE's shared expert has its own width
-  and a sigmoid gate (d -> 1); ``mlp_only_layers`` / ``decoder_sparse_step`` layouts.
-- ``deepseek_v2`` / ``deepseek_v3``: MLA, ``first_k_dense_replace`` / ``moe_layer_freq``,
-  shared experts, ``e_score_correction_bias`` (``topk_method = "noaux_tc"``), MTP
-  layers recorded in ``n_mtp_layers`` and excluded from counts by default.
-- ``gpt_oss``: q/k/v/o biases, one attention sink per head, router bias, expert
-  biases, alternating 128-token sliding window (``layer_types``).
-- ``bailing_moe`` (Ling, Ling-lite) / ``bailing_moe_v2`` (Ling 2.0, arXiv 2510.22115):
-  fused qkv with ``use_qkv_bias``, output bias ``use_bias`` (default true), shared
-  experts of width ``moe_intermediate_size`` each; v2 adds per-head QK-norm
-  (``use_qk_norm``), the aux-loss-free router ``expert_bias`` and MTP layers.
+Family traps handled (see ``docs/conventions.md``, "Hugging Face families"):
+
+- ``olmoe`` / ``olmo2`` / ``olmo3`` / ``minimax_m2``: RMSNorm over the *full* q and k
+  projections; ``qwen3*``, ``dots1``, ``glm4_moe``, ``hunyuan_v1_moe``, ``gemma3``:
+  per-head q/k RMSNorm; ``llama4``: parameter-free L2 q/k norm.
+- ``qwen3_moe`` saved by transformers 5.x names the expert count ``num_local_experts``;
+  ``qwen2_moe`` saves ``sliding_window: 0`` when the window is off.
+- ``deepseek_v2`` / ``deepseek_v3`` / ``kimi_k2``: MLA, ``first_k_dense_replace`` /
+  ``moe_layer_freq``, ``e_score_correction_bias``, MTP layers excluded by default.
+- ``gpt_oss``: q/k/v/o biases, attention sinks, router and expert biases.
+- ``gemma2`` / ``gemma3`` / ``glm4``: four norms per block; ``cohere``: one
+  (parallel block) and LayerNorm; ``phimoe``: LayerNorm with bias and an lm_head bias.
+- ``llama4``: MoE every ``interleave_moe_layer_step`` layers with one shared expert,
+  dense layers of width ``intermediate_size_mlp``, NoPE layers (``no_rope_layers``)
+  and chunked attention on the RoPE layers.
+- ``ernie4_5_moe``: ``use_bias`` puts biases on q/k/v/o, the dense and shared MLPs and
+  the lm_head; MoE layers ``moe_layer_start_index`` .. ``moe_layer_end_index``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from moescale.errors import ConfigError
-from moescale.spec.model_spec import ModelSpec
+from moescale.spec.model_spec import MAX_LAYERS, ModelSpec
 
-__all__ = ["from_hf_config", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["from_hf_config", "SUPPORTED_MODEL_TYPES", "REFUSED_MODEL_TYPES", "resolve_model_type"]
 
-_SLIDING, _FULL = "sliding_attention", "full_attention"
+_SLIDING, _FULL, _CHUNKED = "sliding_attention", "full_attention", "chunked_attention"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of ``value`` cut to ``limit`` characters, so an error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...]"
 
 
 class _Reader:
@@ -50,8 +67,8 @@ class _Reader:
     def has(self, key: str) -> bool:
         return self.cfg.get(key) is not None
 
-    def int(self, key: str, default: Any = ..., *, low: int = 1) -> Any:
-        """An int >= ``low``; ``default`` when absent or null (required if no default)."""
+    def int(self, key: str, default: Any = ..., *, low: int = 1, high: int | None = None) -> Any:
+        """An int in [low, high]; ``default`` when absent or null (required if no default)."""
         value = self.cfg.get(key)
         if value is None:
             if default is ...:
@@ -59,10 +76,13 @@ class _Reader:
                     f"HF config (model_type {self.model_type!r}) is missing required field {key!r}"
                 )
             return default
+        raw = value
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{self._where(key)} must be an int >= {low}; got {value!r}")
+            raise ConfigError(f"{self._where(key)} must be an int >= {low}; got {raw!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"{self._where(key)} must be an int in [{low}, {high}]; got {raw!r}")
         return value
 
     def bool(self, key: str, default: bool) -> bool:
@@ -89,6 +109,18 @@ class _Reader:
             raise ConfigError(f"{self._where(key)} must be a string; got {value!r}")
         return value
 
+    def list(self, key: str, n_layers: int) -> list | None:
+        """A per-layer list of exactly ``n_layers`` entries, or None when absent."""
+        value = self.cfg.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != n_layers:
+            raise ConfigError(
+                f"{self._where(key)} must list one entry per layer ({n_layers}); "
+                f"got {_short(value)} ({len(value) if isinstance(value, list) else 'not a list'})"
+            )
+        return value
+
     def int_list(self, key: str, n_layers: int) -> list[int]:
         value = self.cfg.get(key)
         if value is None:
@@ -98,7 +130,7 @@ class _Reader:
         ):
             raise ConfigError(
                 f"{self._where(key)} must be a list of layer indices in [0, {n_layers - 1}]; "
-                f"got {value!r}"
+                f"got {_short(value)}"
             )
         return value
 
@@ -107,23 +139,80 @@ class _Reader:
             raise ConfigError(f"{self._where(key)} = {value!r} is not supported: {why}")
 
 
+# ---------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class _Key:
+    """A table entry read from the first present of ``keys`` (else ``default``)."""
+
+    keys: tuple[str, ...]
+    kind: str = "int"
+    default: Any = ...
+    low: int = 1
+
+    def read(self, r: _Reader) -> Any:
+        key = next((k for k in self.keys if r.has(k)), self.keys[0])
+        if self.kind == "int":
+            return r.int(key, self.default, low=self.low)
+        return getattr(r, self.kind)(key, self.default)
+
+
+def _int(*keys: str, default: Any = ..., low: int = 1) -> _Key:
+    return _Key(keys, "int", default, low)
+
+
+def _bool(key: str, default: bool) -> _Key:
+    return _Key((key,), "bool", default)
+
+
+Part = Callable[[_Reader, dict[str, Any]], Any]
+"""A helper computing one field (or, under a ``*name`` key, several) from the reader and
+the fields read so far."""
+
+
+def _read_table(r: _Reader, table: dict[str, Any]) -> dict[str, Any]:
+    """Apply a family table in order: _Key -> read, callable -> computed, else constant."""
+    out: dict[str, Any] = {}
+    for name, src in table.items():
+        if isinstance(src, _Key):
+            out[name] = src.read(r)
+        elif callable(src):
+            value = src(r, out)
+            if name.startswith("*"):
+                out.update(value)
+            else:
+                out[name] = value
+        else:
+            out[name] = src
+    return out
+
+
 # ---------------------------------------------------------------------------- layouts
-def _every_k(indices: set[int], n_layers: int, start: int = 0) -> int | None:
-    """Smallest k with {i >= start : i % k == 0} == indices, or None."""
-    for k in range(1, n_layers + 1):
-        if {i for i in range(start, n_layers) if i % k == 0} == indices:
-            return k
-    return None
+def _every_k(indices: set[int], n_layers: int) -> tuple[int, int] | None:
+    """(start, k) with {i >= start : i % k == 0, i < n_layers} == indices, or None.
+
+    Closed form: the sorted indices must be an arithmetic progression of step k that
+    starts on a multiple of k and reaches the last layer (the next one is >= n_layers).
+    """
+    items = sorted(indices)
+    start, last = items[0], items[-1]
+    if len(items) == 1:  # {s}: k = 1 if s is the last layer, else k = s when 2s >= n
+        if start == n_layers - 1:
+            return start, 1
+        return (start, start) if start and 2 * start >= n_layers else None
+    k = items[1] - start
+    if start % k or last + k < n_layers or len(items) != (last - start) // k + 1:
+        return None
+    if any(b - a != k for a, b in zip(items, items[1:], strict=False)):
+        return None
+    return start, k
 
 
 def _moe_layout(moe: Iterable[int], n_layers: int) -> dict[str, Any]:
     """ModelSpec layout fields for a set of MoE layer indices (rule form when possible)."""
     moe = set(moe)
-    if moe:
-        start = min(moe)
-        k = _every_k(moe, n_layers, start)
-        if k is not None:
-            return {"n_dense_layers": start, "moe_every": k}
+    rule = _every_k(moe, n_layers) if moe else None
+    if rule is not None:
+        return {"n_dense_layers": rule[0], "moe_every": rule[1]}
     return {"moe_layers": tuple(sorted(moe))}
 
 
@@ -132,90 +221,127 @@ def _sliding_layout(sliding: Iterable[int], n_layers: int, window: int | None) -
     sliding = set(sliding)
     if not sliding or window is None:
         return {}
-    if sliding == set(range(n_layers)):
+    if len(sliding) == n_layers:
         return {"sliding_window": window, "sliding_every": 0}
-    k = _every_k(sliding, n_layers)
-    if k is not None and k > 1:
-        return {"sliding_window": window, "sliding_every": k}
+    rule = _every_k(sliding, n_layers)
+    if rule is not None and rule[0] == 0 and rule[1] > 1:
+        return {"sliding_window": window, "sliding_every": rule[1]}
     return {"sliding_window": window, "sliding_layers": tuple(sorted(sliding))}
 
 
-def _layer_types(r: _Reader, n_layers: int) -> set[int] | None:
-    """Sliding layers from an explicit ``layer_types`` list (transformers >= 4.54), if any."""
-    types = r.cfg.get("layer_types")
+def _layer_types(r: _Reader, n_layers: int, local: str = _SLIDING) -> set[int] | None:
+    """Local-attention layers from an explicit ``layer_types`` list, if any."""
+    types = r.list("layer_types", n_layers)
     if types is None:
         return None
-    if not isinstance(types, list) or len(types) != n_layers:
-        raise ConfigError(
-            f"{r._where('layer_types')} must list one type per layer ({n_layers}); got {types!r}"
-        )
-    bad = sorted({t for t in types if t not in (_SLIDING, _FULL)})
+    bad = sorted({str(t) for t in types if t not in (local, _FULL)})
     if bad:
         raise ConfigError(
-            f"{r._where('layer_types')} entries must be {_SLIDING!r} or {_FULL!r}; "
+            f"{r._where('layer_types')} entries must be {local!r} or {_FULL!r}; "
             f"got {', '.join(map(repr, bad))}"
         )
-    return {i for i, t in enumerate(types) if t == _SLIDING}
+    return {i for i, t in enumerate(types) if t == local}
+
+
+def _window(r: _Reader, default: int | None) -> int | None:
+    """``sliding_window``; an explicit null, or 0 (qwen2_moe's "off"), means none."""
+    value = r.cfg.get("sliding_window", ...)
+    if value is None or (type(value) is int and value == 0):
+        return None
+    return r.int("sliding_window", default)
 
 
 def _sliding(
-    r: _Reader, n_layers: int, rule: Callable[[int], bool], *, default_window: int | None,
-    gated: bool,
-) -> dict[str, Any]:
-    """Sliding-window fields: ``layer_types`` if present, else the family ``rule``.
+    rule: Callable[[_Reader, int], bool], *, default: int | None, gated: bool = False,
+) -> Part:
+    """Sliding-window fields: ``layer_types`` if present, else the family ``rule(r, i)``.
 
-    ``gated``: the family only slides when ``use_sliding_window`` is true (Qwen).
+    ``gated``: without ``layer_types``, the family only slides when
+    ``use_sliding_window`` is true (Qwen).
     """
-    # An explicit null means "no window"; only an absent key takes the class default.
-    explicit_null = "sliding_window" in r.cfg and r.cfg["sliding_window"] is None
-    window = None if explicit_null else r.int("sliding_window", default_window)
-    explicit = _layer_types(r, n_layers)
-    if explicit is not None:
-        if explicit and window is None:
-            raise ConfigError(
-                f"HF config (model_type {r.model_type!r}) has sliding layers in 'layer_types' "
-                "but no 'sliding_window'"
-            )
-        return _sliding_layout(explicit, n_layers, window)
-    if gated and not r.bool("use_sliding_window", False):
-        return {}
-    return _sliding_layout({i for i in range(n_layers) if rule(i)}, n_layers, window)
+
+    def part(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        n = out["n_layers"]
+        window = _window(r, default)
+        explicit = _layer_types(r, n)
+        if explicit is not None:
+            if explicit and window is None:
+                raise ConfigError(
+                    f"HF config (model_type {r.model_type!r}) has sliding layers in "
+                    "'layer_types' but no 'sliding_window'"
+                )
+            return _sliding_layout(explicit, n, window)
+        if window is None or (gated and not r.bool("use_sliding_window", False)):
+            return {}
+        return _sliding_layout({i for i in range(n) if rule(r, i)}, n, window)
+
+    return part
 
 
-def _no_sliding(r: _Reader) -> dict[str, Any]:
+def _no_sliding(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     r.unsupported("use_sliding_window", True, "this family's sliding-window layout is not known")
+    types = _layer_types(r, out["n_layers"])
+    if types:
+        raise ConfigError(
+            f"{r._where('layer_types')} has sliding layers, which this family does not build"
+        )
     return {}
 
 
-# ---------------------------------------------------------------------------- common parts
-def _base(r: _Reader, *, head_dim_default: int | None = None) -> dict[str, Any]:
-    """Fields shared by every family: sizes, heads, vocabulary, tying, RoPE."""
-    n_heads = r.int("num_attention_heads")
-    # transformers >= 5 may keep rope_theta inside a rope_parameters table.
-    rope = r.cfg.get("rope_parameters")
-    if isinstance(rope, dict) and r.cfg.get("rope_theta") is None:
-        r = _Reader({**r.cfg, "rope_theta": rope.get("rope_theta")}, r.model_type)
-    return {
-        "d_model": r.int("hidden_size"),
-        "n_layers": r.int("num_hidden_layers"),
-        "n_heads": n_heads,
-        # Some remote-code configs (BailingMoeV2) default KV heads to 0 meaning "= heads".
-        "n_kv_heads": r.int("num_key_value_heads", n_heads, low=0) or n_heads,
-        "head_dim": r.int("head_dim", head_dim_default),
-        "vocab_size": r.int("vocab_size"),
-        "tie_embeddings": r.bool("tie_word_embeddings", False),
-        "rope_theta": r.float("rope_theta", 10000.0),
-    }
+# ---------------------------------------------------------------------------- shared parts
+def _n_layers(r: _Reader, out: dict[str, Any]) -> int:
+    return r.int("num_hidden_layers", high=MAX_LAYERS)
 
 
-def _gqa_bias(r: _Reader, key: str = "attention_bias", default: bool = False) -> dict[str, Any]:
-    """Llama-style ``attention_bias``: biases on q, k, v and o."""
-    bias = r.bool(key, default)
-    return {"qkv_bias": bias, "o_bias": bias}
+def _kv_heads(r: _Reader, out: dict[str, Any]) -> int:
+    # Some remote-code configs (BailingMoeV2) default KV heads to 0 meaning "= heads".
+    return r.int("num_key_value_heads", out["n_heads"], low=0) or out["n_heads"]
 
 
-def _no_mlp_bias(r: _Reader) -> None:
-    r.unsupported("mlp_bias", True, "FFN biases are not part of ModelSpec")
+def _rope_key(key: str, default: float) -> Part:
+    """A RoPE setting at top level or, in transformers >= 5, inside ``rope_parameters``."""
+
+    def part(r: _Reader, out: dict[str, Any]) -> float:
+        rope = r.cfg.get("rope_parameters")
+        if not r.has(key) and isinstance(rope, dict) and rope.get(key) is not None:
+            return _Reader(rope, r.model_type).float(key, default)
+        return r.float(key, default)
+
+    return part
+
+
+def _head_dim(default: int | None) -> _Key:
+    return _int("head_dim", default=default)
+
+
+_BASE: dict[str, Any] = {
+    "n_heads": _int("num_attention_heads"),
+    "d_model": _int("hidden_size"),
+    "n_layers": _n_layers,
+    "n_kv_heads": _kv_heads,
+    "head_dim": _head_dim(None),
+    "vocab_size": _int("vocab_size"),
+    "tie_embeddings": _bool("tie_word_embeddings", False),
+    "rope_theta": _rope_key("rope_theta", 10000.0),
+}
+
+
+def _base(**changes: Any) -> dict[str, Any]:
+    """The shared base table with family defaults changed (keeps the order)."""
+    return {**_BASE, **changes}
+
+
+def _attn_bias(key: str = "attention_bias", default: bool = False, *, o: bool = True) -> dict:
+    """Llama-style ``attention_bias``: biases on q, k, v (and o unless ``o=False``)."""
+    return {"qkv_bias": _bool(key, default), "o_bias": _bool(key, default) if o else False}
+
+
+def _refuse(key: str, value: Any, why: str) -> Part:
+    def part(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        r.unsupported(key, value, why)
+        return {}
+
+    return part
 
 
 def _shared(width: int, d_expert: int) -> dict[str, Any]:
@@ -231,110 +357,110 @@ def _shared(width: int, d_expert: int) -> dict[str, Any]:
     return {"n_shared_experts": 1, "d_shared": width}
 
 
-def _dense_ffn(r: _Reader, needed: bool) -> dict[str, Any]:
-    return {"d_ffn": r.int("intermediate_size") if needed else r.int("intermediate_size", 0, low=0)}
+def _shared_width(key: str, *, default: Any = ...) -> Part:
+    """Shared-expert fields from a total-width key."""
+
+    def part(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        return _shared(r.int(key, default, low=0), out["d_expert"])
+
+    return part
+
+
+def _shared_count(key: str, default: Any = 0) -> Part:
+    """``n_shared_experts`` from a count key, each of the routed width."""
+
+    def part(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        return {"n_shared_experts": r.int(key, default, low=0)}
+
+    return part
+
+
+def _dense_ffn(key: str = "intermediate_size") -> Part:
+    """``d_ffn``: required when the model has a dense-FFN layer, else optional."""
+
+    def part(r: _Reader, out: dict[str, Any]) -> int:
+        n = out["n_layers"]
+        n_moe = _moe_count(out, n)
+        return r.int(key) if n_moe < n else r.int(key, 0, low=0)
+
+    return part
+
+
+def _moe_count(out: dict[str, Any], n: int) -> int:
+    if not out.get("n_experts"):
+        return 0
+    if out.get("moe_layers") is not None:
+        return len(out["moe_layers"])
+    start, k = out.get("n_dense_layers", 0), out.get("moe_every", 1)
+    return 0 if start >= n else (n - 1) // k - (start - 1) // k
+
+
+def _routed(experts: tuple[str, ...], width: str, top_k: tuple[str, ...] = (
+        "num_experts_per_tok", "experts_per_token")) -> Part:
+    """``n_experts``, ``top_k``, ``d_expert`` from the family's keys (first present wins)."""
+
+    def part(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        n_experts = _int(*experts).read(r)
+        k = _int(*top_k).read(r)
+        if k > n_experts:
+            raise ConfigError(
+                f"{r._where(next((t for t in top_k if r.has(t)), top_k[0]))} must be an int "
+                f"in [1, {n_experts}] ({experts[0]}); got {k}"
+            )
+        return {"n_experts": n_experts, "top_k": k, "d_expert": r.int(width)}
+
+    return part
+
+
+def _no_empty_moe(r: _Reader, moe: set[int], n: int, why: str) -> None:
+    if not moe:
+        raise ConfigError(
+            f"HF config (model_type {r.model_type!r}): {why} leave no MoE layer of {n}")
+
+
+def _rule_layout(first_key: str, freq_key: str, first_default: int) -> Part:
+    """DeepSeek-style layout: MoE iff i >= first_k_dense_replace and i % freq == 0 (the
+    ModelSpec rule itself, so no layer list is built)."""
+
+    def part(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        n = out["n_layers"]
+        first = r.int(first_key, first_default, low=0)
+        freq = r.int(freq_key, 1)
+        start = -(-first // freq) * freq  # first MoE layer: next multiple of freq
+        if start >= n:
+            _no_empty_moe(r, set(), n, f"{first_key!r} ({first}) and {freq_key!r} ({freq})")
+        return {"n_dense_layers": start, "moe_every": freq}
+
+    return part
+
+
+def _qwen_moe_layout(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Qwen-MoE: MoE iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0."""
+    n = out["n_layers"]
+    dense = set(r.int_list("mlp_only_layers", n))
+    step = r.int("decoder_sparse_step", 1)
+    if not dense:
+        if step == 1:
+            return {"n_dense_layers": 0, "moe_every": 1}
+        moe = set(range(step - 1, n, step))
+    else:
+        moe = {i for i in range(step - 1, n, step)} - dense
+    _no_empty_moe(r, moe, n, f"'mlp_only_layers' and 'decoder_sparse_step' ({step})")
+    return _moe_layout(moe, n)
+
+
+def _per_layer_flags(key: str, n: int, r: _Reader) -> list[bool] | None:
+    values = r.list(key, n)
+    if values is None:
+        return None
+    if not all(v in (0, 1, True, False) for v in values):
+        raise ConfigError(
+            f"{r._where(key)} entries must be 0/1 or true/false; got {_short(values)}")
+    return [bool(v) for v in values]
 
 
 # ---------------------------------------------------------------------------- families
-def _llama(r: _Reader) -> dict[str, Any]:
-    _no_mlp_bias(r)
-    out = _base(r)
-    return {**out, **_gqa_bias(r), **_dense_ffn(r, True), **_no_sliding(r)}
-
-
-def _mistral(r: _Reader) -> dict[str, Any]:
-    out = _base(r)
-    # Mistral's config class defaults the window to 4096 on every layer (v0.1).
-    win = _sliding(r, out["n_layers"], lambda i: True, default_window=4096, gated=False)
-    return {**out, **_dense_ffn(r, True), **win}
-
-
-def _qwen_dense_window(r: _Reader, n_layers: int) -> dict[str, Any]:
-    # Qwen2/Qwen3: with use_sliding_window, layers i >= max_window_layers slide.
-    first = r.int("max_window_layers", 28, low=0)
-    return _sliding(r, n_layers, lambda i: i >= first, default_window=4096, gated=True)
-
-
-def _qwen2(r: _Reader) -> dict[str, Any]:
-    out = _base(r)
-    # Qwen2 attention: q/k/v always carry biases, o never does.
-    return {**out, "qkv_bias": True, **_dense_ffn(r, True),
-            **_qwen_dense_window(r, out["n_layers"])}
-
-
-def _qwen3(r: _Reader) -> dict[str, Any]:
-    out = _base(r, head_dim_default=128)
-    return {**out, "qk_norm": "head", **_gqa_bias(r), **_dense_ffn(r, True),
-            **_qwen_dense_window(r, out["n_layers"])}
-
-
-def _routed(r: _Reader, experts_key: str, width_key: str) -> dict[str, Any]:
-    n_experts = r.int(experts_key)
-    top_k = r.int("num_experts_per_tok", None) or r.int("experts_per_token", None)
-    if top_k is None:
-        top_k = r.int("num_experts_per_tok")  # raises, naming the usual key
-    if top_k > n_experts:
-        raise ConfigError(
-            f"{r._where('num_experts_per_tok')} must be an int in [1, {n_experts}] "
-            f"({experts_key}); got {top_k}"
-        )
-    return {"n_experts": n_experts, "top_k": top_k, "d_expert": r.int(width_key)}
-
-
-def _mixtral(r: _Reader) -> dict[str, Any]:
-    out = _base(r)
-    win = _sliding(r, out["n_layers"], lambda i: True, default_window=None, gated=False)
-    return {**out, **_routed(r, "num_local_experts", "intermediate_size"), **win}
-
-
-def _olmoe(r: _Reader) -> dict[str, Any]:
-    out = _base(r)
-    # OLMoE normalises the full q (hidden) and k (kv_heads * head_dim) projections.
-    return {**out, **_routed(r, "num_experts", "intermediate_size"), "qk_norm": "full",
-            **_gqa_bias(r), **_no_sliding(r)}
-
-
-def _qwen_moe_layers(r: _Reader, n_layers: int) -> tuple[set[int], dict[str, Any]]:
-    """Qwen-MoE layout: MoE iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0."""
-    dense = set(r.int_list("mlp_only_layers", n_layers))
-    step = r.int("decoder_sparse_step", 1)
-    moe = {i for i in range(n_layers) if i not in dense and (i + 1) % step == 0}
-    if not moe:
-        raise ConfigError(
-            f"HF config (model_type {r.model_type!r}): 'mlp_only_layers' and "
-            f"'decoder_sparse_step' ({step}) leave no MoE layer"
-        )
-    return moe, _moe_layout(moe, n_layers)
-
-
-def _qwen2_moe(r: _Reader) -> dict[str, Any]:
-    out = _base(r)
-    n = out["n_layers"]
-    routed = _routed(r, "num_experts", "moe_intermediate_size")
-    moe, layout = _qwen_moe_layers(r, n)
-    shared = _shared(r.int("shared_expert_intermediate_size", low=0), routed["d_expert"])
-    max_window = r.int("max_window_layers", 28, low=0)
-    # Qwen2-MoE slides on even layers below max_window_layers (its config class rule).
-    win = _sliding(r, n, lambda i: i % 2 == 0 and i < max_window, default_window=4096,
-                   gated=True)
-    return {**out, **routed, **layout, **shared,
-            "shared_expert_gate": shared["n_shared_experts"] > 0,
-            "qkv_bias": r.bool("qkv_bias", True), **_dense_ffn(r, len(moe) < n), **win}
-
-
-def _qwen3_moe(r: _Reader) -> dict[str, Any]:
-    out = _base(r)
-    n = out["n_layers"]
-    moe, layout = _qwen_moe_layers(r, n)
-    win = _sliding(r, n, lambda i: True, default_window=4096, gated=True)
-    return {**out, **_routed(r, "num_experts", "moe_intermediate_size"), **layout,
-            "qk_norm": "head", **_gqa_bias(r), **_dense_ffn(r, len(moe) < n), **win}
-
-
-def _deepseek(r: _Reader) -> dict[str, Any]:
-    _no_mlp_bias(r)
-    out = _base(r)
-    n, nh = out["n_layers"], out["n_heads"]
+def _mla(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     mla = {
         "attention": "mla",
         "q_lora_rank": r.int("q_lora_rank", None),
@@ -343,8 +469,7 @@ def _deepseek(r: _Reader) -> dict[str, Any]:
         "qk_rope_head_dim": r.int("qk_rope_head_dim", low=0),
         "v_head_dim": r.int("v_head_dim"),
         # MLA has no GQA grouping; head_dim records the q/k head width.
-        "n_kv_heads": nh,
-        **_gqa_bias(r),
+        "n_kv_heads": out["n_heads"],
     }
     mla["head_dim"] = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]
     if mla["head_dim"] < 1:
@@ -352,91 +477,353 @@ def _deepseek(r: _Reader) -> dict[str, Any]:
             f"HF config (model_type {r.model_type!r}): 'qk_nope_head_dim' + "
             "'qk_rope_head_dim' must be >= 1; got 0"
         )
-    out.update(mla)
-    out["n_mtp_layers"] = r.int("num_nextn_predict_layers", 0, low=0)
-    v3 = r.model_type == "deepseek_v3"
-    if not v3 and not r.has("n_routed_experts"):  # DeepSeek-V2 code's dense variant
-        return {**out, **_dense_ffn(r, True), **_no_sliding(r)}
-    routed = _routed(r, "n_routed_experts", "moe_intermediate_size")
-    # Layout of DeepSeek's own modelling code: MoE iff i >= first_k_dense_replace and
-    # i % moe_layer_freq == 0 (V3's config class defaults first_k_dense_replace to 3).
-    first = r.int("first_k_dense_replace", 3 if v3 else 0, low=0)
-    freq = r.int("moe_layer_freq", 1)
-    moe = {i for i in range(n) if i >= first and i % freq == 0}
-    if not moe:
-        raise ConfigError(
-            f"HF config (model_type {r.model_type!r}): 'first_k_dense_replace' ({first}) and "
-            f"'moe_layer_freq' ({freq}) leave no MoE layer of {n}"
-        )
-    default_method = "noaux_tc" if v3 else "greedy"
-    n_shared = r.int("n_shared_experts", 0, low=0)
-    return {
-        **out, **routed, **_moe_layout(moe, n),
-        "n_shared_experts": n_shared,
+    return mla
+
+
+def _deepseek_moe(v3: bool) -> Part:
+    def part(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        if not v3 and not r.has("n_routed_experts"):  # DeepSeek-V2 code's dense variant
+            return {"d_ffn": r.int("intermediate_size")}
+        fields = _routed(("n_routed_experts",), "moe_intermediate_size")(r, out)
+        # Layout of DeepSeek's own modelling code (V3's class defaults first_k_dense to 3).
+        fields.update(_rule_layout("first_k_dense_replace", "moe_layer_freq", 3 if v3 else 0)(
+            r, {**out, **fields}))
+        fields["n_shared_experts"] = r.int("n_shared_experts", 0, low=0)
         # V3's aux-loss-free balancing keeps a per-expert selection bias with the router.
-        "router_score_bias": r.str("topk_method", default_method) == "noaux_tc",
-        **_dense_ffn(r, len(moe) < n), **_no_sliding(r),
-    }
+        method = r.str("topk_method", "noaux_tc" if v3 else "greedy")
+        fields["router_score_bias"] = method == "noaux_tc"
+        fields["d_ffn"] = _dense_ffn()(r, {**out, **fields})
+        return fields
+
+    return part
 
 
-def _gpt_oss(r: _Reader) -> dict[str, Any]:
-    out = _base(r, head_dim_default=64)
-    # gpt-oss alternates: even layers use the 128-token window (config class default).
-    win = _sliding(r, out["n_layers"], lambda i: i % 2 == 0, default_window=128, gated=False)
+def _deepseek(v3: bool) -> dict[str, Any]:
     return {
-        **out, **_routed(r, "num_local_experts", "intermediate_size"),
-        **_gqa_bias(r, default=True), "attention_sinks": True,
-        "router_bias": True, "expert_bias": True, **win,
+        **_BASE, "*mla": _mla, **_attn_bias(),
+        "*no_mlp_bias": _refuse("mlp_bias", True, "DeepSeek's MLPs have no biases"),
+        "n_mtp_layers": _int("num_nextn_predict_layers", default=0, low=0),
+        "*moe": _deepseek_moe(v3), "*window": _no_sliding,
     }
 
 
-def _bailing(r: _Reader, *, v2: bool) -> dict[str, Any]:
-    out = _base(r)
+def _qwen_window(r: _Reader, i: int) -> bool:
+    # Qwen2/Qwen3 dense: with use_sliding_window, layers i >= max_window_layers slide.
+    return i >= r.int("max_window_layers", 28, low=0)
+
+
+def _qwen2_moe_window(r: _Reader, i: int) -> bool:
+    # Qwen2-MoE's config class rule: even layers below max_window_layers.
+    return i % 2 == 0 and i < r.int("max_window_layers", 28, low=0)
+
+
+def _every_layer(r: _Reader, i: int) -> bool:
+    return True
+
+
+def _pattern(key: str, default: int) -> Callable[[_Reader, int], bool]:
+    """Gemma 3 / OLMo 3 / Cohere 2 rule: layer i is sliding unless (i + 1) % pattern == 0."""
+
+    def rule(r: _Reader, i: int) -> bool:
+        return bool((i + 1) % r.int(key, default))
+
+    return rule
+
+
+def _even(r: _Reader, i: int) -> bool:
+    return i % 2 == 0
+
+
+def _partial_rope(default: float = 1.0) -> Part:
+    return _rope_key("partial_rotary_factor", default)
+
+
+def _llama4_text(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Llama 4: MoE every ``interleave_moe_layer_step`` layers (or explicit ``moe_layers``),
+    one shared expert of the routed width, NoPE and chunked-attention layers."""
     n = out["n_layers"]
-    routed = _routed(r, "num_experts", "moe_intermediate_size")
+    fields = _routed(("num_local_experts",), "intermediate_size")(r, out)
+    step = r.int("interleave_moe_layer_step", 1)
+    moe = set(r.int_list("moe_layers", n)) if r.has("moe_layers") else set(
+        range(step - 1, n, step))
+    _no_empty_moe(r, moe, n, f"'moe_layers' / 'interleave_moe_layer_step' ({step})")
+    fields.update(_moe_layout(moe, n), n_shared_experts=1, d_shared=fields["d_expert"])
+    fields["d_ffn"] = r.int("intermediate_size_mlp") if len(moe) < n else r.int(
+        "intermediate_size_mlp", 0, low=0)
+    # no_rope_layers[i] == 1 means layer i USES RoPE (transformers' naming).
+    rope = _per_layer_flags("no_rope_layers", n, r)
+    if rope is None:
+        interval = r.int("no_rope_layer_interval", 4)
+        rope = [(i + 1) % interval != 0 for i in range(n)]
+    nope = tuple(i for i, use in enumerate(rope) if not use)
+    fields["nope_layers"] = nope or None
+    chunk = r.int("attention_chunk_size", None)
+    chunked = _layer_types(r, n, local=_CHUNKED)
+    if chunked is None:
+        chunked = {i for i, use in enumerate(rope) if use}
+    if chunk is not None and chunked:
+        fields.update(_sliding_layout(chunked, n, chunk), local_attention="chunked")
+    fields["qk_norm"] = "l2" if r.bool("use_qk_norm", True) else "none"
+    return fields
+
+
+def _ernie_layout(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """ERNIE 4.5: MoE iff (i + 1) % interval == 0 and start <= i <= end."""
+    n = out["n_layers"]
+    start = r.int("moe_layer_start_index", 1, low=0)
+    end = r.int("moe_layer_end_index", n - 1, low=0)
+    step = r.int("moe_layer_interval", 1)
+    moe = {i for i in range(max(start, step - 1), min(end, n - 1) + 1) if (i + 1) % step == 0}
+    _no_empty_moe(r, moe, n, "'moe_layer_start_index' / 'moe_layer_end_index' / "
+                  f"'moe_layer_interval' ({start}, {end}, {step})")
+    return _moe_layout(moe, n)
+
+
+def _bailing_first(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    n = out["n_layers"]
     first = r.int("first_k_dense_replace", 0, low=0)
     if first >= n:
         raise ConfigError(
             f"{r._where('first_k_dense_replace')} must be an int in [0, {n - 1}]; got {first}"
         )
-    # Shared experts: one MLP of width moe_intermediate_size * num_shared_experts.
-    n_shared = r.int("num_shared_experts", 0, low=0)
-    width = r.int("moe_shared_expert_intermediate_size", n_shared * routed["d_expert"], low=0)
-    spec = {
-        **out, **routed, "n_dense_layers": first, **_shared(width, routed["d_expert"]),
+    return {"n_dense_layers": first}
+
+
+def _bailing(v2: bool) -> dict[str, Any]:
+    table = {
+        **_BASE,
+        "*routed": _routed(("num_experts",), "moe_intermediate_size"),
+        "*layout": _bailing_first,
+        "*shared": None,  # set below
         # Fused query_key_value carries use_qkv_bias; the output 'dense' carries use_bias,
         # whose config-class default is true.
-        "qkv_bias": r.bool("use_qkv_bias", False), "o_bias": r.bool("use_bias", True),
-        **_dense_ffn(r, first > 0), **_no_sliding(r),
+        "qkv_bias": _bool("use_qkv_bias", False), "o_bias": _bool("use_bias", True),
+        "d_ffn": _dense_ffn(), "*window": _no_sliding,
     }
+
+    def shared(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+        # Shared experts: one MLP of width moe_intermediate_size * num_shared_experts.
+        n_shared = r.int("num_shared_experts", 0, low=0)
+        width = r.int("moe_shared_expert_intermediate_size", n_shared * out["d_expert"], low=0)
+        return _shared(width, out["d_expert"])
+
+    table["*shared"] = shared
     if v2:
-        spec.update(
-            qk_norm="head" if r.bool("use_qk_norm", False) else "none",
-            router_score_bias=r.bool("moe_router_enable_expert_bias", True),
-            n_mtp_layers=r.int("num_nextn_predict_layers", 0, low=0),
-            rope_fraction=r.float("partial_rotary_factor", 0.5),
+        table.update({
+            "qk_norm": lambda r, o: "head" if r.bool("use_qk_norm", False) else "none",
+            "router_score_bias": _bool("moe_router_enable_expert_bias", True),
+            "n_mtp_layers": _int("num_nextn_predict_layers", default=0, low=0),
+            "rope_fraction": _partial_rope(0.5),
+        })
+    return table
+
+
+def _dbrx(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """DBRX keeps attention and FFN settings in nested ``attn_config`` / ``ffn_config``."""
+    attn = r.cfg.get("attn_config") or {}
+    ffn = r.cfg.get("ffn_config") or {}
+    for key, value in (("attn_config", attn), ("ffn_config", ffn)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{r._where(key)} must be a table (JSON object); got {value!r}")
+    a, f = _Reader(attn, "dbrx.attn_config"), _Reader(ffn, "dbrx.ffn_config")
+    n_heads = r.int("n_heads", 16)
+    fields = {
+        "d_model": r.int("d_model", 2048),
+        "n_layers": r.int("n_layers", 24, high=MAX_LAYERS),
+        "n_heads": n_heads,
+        "n_kv_heads": a.int("kv_n_heads", 1),
+        "vocab_size": r.int("vocab_size", 32000),
+        "tie_embeddings": r.bool("tie_word_embeddings", False),
+        "rope_theta": a.float("rope_theta", r.float("rope_theta", 10000.0)),
+        "n_experts": f.int("moe_num_experts", 4),
+        "top_k": f.int("moe_top_k", 1),
+        "d_expert": f.int("ffn_hidden_size", 3584),
+        "norm": "layer",
+    }
+    if fields["top_k"] > fields["n_experts"]:
+        raise ConfigError(
+            f"HF config field 'ffn_config.moe_top_k' (model_type 'dbrx') must be an int in "
+            f"[1, {fields['n_experts']}]; got {fields['top_k']}"
         )
-    return spec
+    return fields
 
 
-_FAMILIES: dict[str, Callable[[_Reader], dict[str, Any]]] = {
-    "bailing_moe": lambda r: _bailing(r, v2=False),
-    "bailing_moe_v2": lambda r: _bailing(r, v2=True),
-    "deepseek_v2": _deepseek,
-    "deepseek_v3": _deepseek,
-    "gpt_oss": _gpt_oss,
-    "llama": _llama,
-    "mistral": _mistral,
-    "mixtral": _mixtral,
-    "olmoe": _olmoe,
-    "qwen2": _qwen2,
-    "qwen2_moe": _qwen2_moe,
-    "qwen3": _qwen3,
-    "qwen3_moe": _qwen3_moe,
+# Tables: ModelSpec field -> source. ``*name`` entries merge several fields.
+_FAMILIES: dict[str, dict[str, Any]] = {
+    # ---- dense
+    "llama": {**_BASE, **_attn_bias(), "d_ffn": _int("intermediate_size"),
+              "ffn_bias": _bool("mlp_bias", False), "*window": _no_sliding},
+    "mistral": {**_BASE, "d_ffn": _int("intermediate_size"),
+                # Mistral's config class defaults the window to 4096 on every layer (v0.1).
+                "*window": _sliding(_every_layer, default=4096)},
+    "qwen2": {**_BASE, "qkv_bias": True, "d_ffn": _int("intermediate_size"),
+              "*window": _sliding(_qwen_window, default=4096, gated=True)},
+    "qwen3": {**_base(head_dim=_head_dim(128)), "qk_norm": "head", **_attn_bias(),
+              "d_ffn": _int("intermediate_size"),
+              "*window": _sliding(_qwen_window, default=4096, gated=True)},
+    "gemma": {**_base(head_dim=_head_dim(256), tie_embeddings=_bool("tie_word_embeddings", True)),
+              **_attn_bias(), "d_ffn": _int("intermediate_size"), "*window": _no_sliding},
+    "gemma2": {**_base(head_dim=_head_dim(256), tie_embeddings=_bool("tie_word_embeddings", True)),
+               **_attn_bias(), "d_ffn": _int("intermediate_size"), "norms_per_layer": 4,
+               "*window": _sliding(_even, default=4096)},
+    "gemma3_text": {
+        **_base(head_dim=_head_dim(256), tie_embeddings=_bool("tie_word_embeddings", True)),
+        **_attn_bias(), "qk_norm": "head", "d_ffn": _int("intermediate_size"),
+        "norms_per_layer": 4, "*window": _sliding(_pattern("sliding_window_pattern", 6),
+                                                  default=4096)},
+    "phi3": {**_BASE, "d_ffn": _int("intermediate_size"), "rope_fraction": _partial_rope(),
+             "*window": _sliding(_every_layer, default=None)},
+    "olmo2": {**_BASE, **_attn_bias(), "qk_norm": "full", "d_ffn": _int("intermediate_size"),
+              "*window": _no_sliding},
+    "olmo3": {**_BASE, **_attn_bias(), "qk_norm": "full", "d_ffn": _int("intermediate_size"),
+              "*window": _sliding(_pattern("sliding_window_pattern", 4), default=4096)},
+    "granite": {**_BASE, **_attn_bias(), "d_ffn": _int("intermediate_size"),
+                "ffn_bias": _bool("mlp_bias", False), "*window": _no_sliding},
+    "cohere": {**_base(tie_embeddings=_bool("tie_word_embeddings", True)), **_attn_bias(),
+               "qk_norm": lambda r, o: "full" if r.bool("use_qk_norm", False) else "none",
+               "norm": "layer", "norms_per_layer": 1, "d_ffn": _int("intermediate_size"),
+               "*window": _no_sliding},
+    "cohere2": {**_base(head_dim=_head_dim(128), tie_embeddings=_bool("tie_word_embeddings", True)),
+                **_attn_bias(), "norm": "layer", "norms_per_layer": 1,
+                "d_ffn": _int("intermediate_size"),
+                "*window": _sliding(_pattern("sliding_window_pattern", 4), default=4096)},
+    "glm": {**_base(head_dim=_head_dim(128)), **_attn_bias(default=True, o=False),
+            "d_ffn": _int("intermediate_size"), "rope_fraction": _partial_rope(0.5),
+            "*window": _no_sliding},
+    "glm4": {**_base(head_dim=_head_dim(128)), **_attn_bias(default=True, o=False),
+             "d_ffn": _int("intermediate_size"), "norms_per_layer": 4,
+             "rope_fraction": _partial_rope(0.5), "*window": _no_sliding},
+    # ---- MoE
+    "mixtral": {**_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
+                "*window": _sliding(_every_layer, default=None)},
+    "olmoe": {**_BASE, "*routed": _routed(("num_experts",), "intermediate_size"),
+              # OLMoE normalises the full q (hidden) and k (kv_heads * head_dim) projections.
+              "qk_norm": "full", **_attn_bias(), "*window": _no_sliding},
+    "qwen2_moe": {
+        **_BASE, "*routed": _routed(("num_experts", "num_local_experts"), "moe_intermediate_size"),
+        "*layout": _qwen_moe_layout,
+        "*shared": _shared_width("shared_expert_intermediate_size"),
+        "shared_expert_gate": lambda r, o: o["n_shared_experts"] > 0,
+        "qkv_bias": _bool("qkv_bias", True), "d_ffn": _dense_ffn(),
+        "*window": _sliding(_qwen2_moe_window, default=4096, gated=True)},
+    "qwen3_moe": {
+        **_BASE, "*routed": _routed(("num_experts", "num_local_experts"), "moe_intermediate_size"),
+        "*layout": _qwen_moe_layout, "qk_norm": "head", **_attn_bias(), "d_ffn": _dense_ffn(),
+        "*window": _sliding(_every_layer, default=4096, gated=True)},
+    "deepseek_v2": _deepseek(v3=False),
+    "deepseek_v3": _deepseek(v3=True),
+    "gpt_oss": {
+        **_base(head_dim=_head_dim(64)),
+        "*routed": _routed(("num_local_experts",), "intermediate_size"),
+        **_attn_bias(default=True), "attention_sinks": True, "router_bias": True,
+        "expert_bias": True,
+        # gpt-oss alternates: even layers use the 128-token window (config class default).
+        "*window": _sliding(_even, default=128)},
+    "bailing_moe": _bailing(v2=False),
+    "bailing_moe_v2": _bailing(v2=True),
+    "glm4_moe": {
+        **_base(head_dim=_head_dim(None)),
+        "*routed": _routed(("n_routed_experts",), "moe_intermediate_size"),
+        "*layout": _rule_layout("first_k_dense_replace", "moe_layer_freq", 1),
+        "*shared": _shared_count("n_shared_experts", 1), "router_score_bias": True,
+        **_attn_bias(o=False),
+        "qk_norm": lambda r, o: "head" if r.bool("use_qk_norm", False) else "none",
+        "n_mtp_layers": _int("num_nextn_predict_layers", default=1, low=0),
+        "rope_fraction": _partial_rope(0.5), "d_ffn": _dense_ffn(), "*window": _no_sliding},
+    "dots1": {
+        **_BASE, "*routed": _routed(("n_routed_experts",), "moe_intermediate_size"),
+        "*layout": _rule_layout("first_k_dense_replace", "moe_layer_freq", 0),
+        "*shared": _shared_count("n_shared_experts", 0), "router_score_bias": True,
+        **_attn_bias(), "qk_norm": "head", "d_ffn": _dense_ffn(),
+        "*window": _sliding(_qwen_window, default=4096, gated=True)},
+    "ernie4_5_moe": {
+        **_base(tie_embeddings=_bool("tie_word_embeddings", True)),
+        "*routed": _routed(("moe_num_experts",), "moe_intermediate_size", ("moe_k",)),
+        "*layout": _ernie_layout, "*shared": _shared_count("moe_num_shared_experts", 2),
+        "router_score_bias": True, **_attn_bias("use_bias"),
+        "ffn_bias": _bool("use_bias", False), "head_bias": _bool("use_bias", False),
+        "d_ffn": _dense_ffn(), "*window": _no_sliding},
+    "minimax_m2": {
+        **_base(head_dim=_head_dim(128)),
+        "*routed": _routed(("num_local_experts",), "intermediate_size"),
+        "router_score_bias": lambda r, o: r.bool("use_routing_bias", True), "qk_norm": "full",
+        "rope_fraction": _partial_rope(), "*window": _no_sliding},
+    "granitemoe": {
+        **_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
+        **_attn_bias(), "*window": _no_sliding},
+    "granitemoeshared": {
+        **_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
+        "*shared": _shared_width("shared_intermediate_size", default=0), **_attn_bias(),
+        "*window": _no_sliding},
+    "hunyuan_v1_moe": {
+        **_BASE,
+        "*routed": _routed(("num_experts",), "intermediate_size", ("moe_topk",)),
+        # transformers' HunYuan-MoE: one shared MLP of intermediate_size in every layer.
+        "*shared": lambda r, o: _shared(o["d_expert"], o["d_expert"]),
+        "qk_norm": "head", **_attn_bias(), "*window": _no_sliding},
+    "llama4_text": {**_base(head_dim=_head_dim(128)), "*llama4": _llama4_text, **_attn_bias()},
+    "phimoe": {
+        **_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
+        "norm": "layer", "norm_bias": True, "head_bias": _bool("lm_head_bias", False),
+        **_attn_bias(), "*window": _sliding(_every_layer, default=None)},
+    "dbrx": {"*dbrx": _dbrx},
 }
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_FAMILIES))
+# Multimodal wrappers whose language model is a supported family in ``text_config``.
+_TEXT_CONFIG: dict[str, str] = {"llama4": "llama4_text", "gemma3": "gemma3_text"}
+
+# transformers architecture class -> model_type, for remote-code aliases (kimi_k2).
+_ARCHITECTURES: dict[str, str] = {
+    "DeepseekV3ForCausalLM": "deepseek_v3", "DeepseekV2ForCausalLM": "deepseek_v2",
+    "Qwen3MoeForCausalLM": "qwen3_moe", "Qwen2MoeForCausalLM": "qwen2_moe",
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+    "Glm4MoeForCausalLM": "glm4_moe", "BailingMoeForCausalLM": "bailing_moe",
+    "BailingMoeV2ForCausalLM": "bailing_moe_v2",
+}
+
+REFUSED_MODEL_TYPES: dict[str, str] = {
+    "jetmoe": "attention experts (mixture of attention heads) are not part of ModelSpec",
+    "longcat_flash": "zero-computation experts and two attention blocks per layer are not "
+                     "part of ModelSpec",
+    "qwen3_next": "gated DeltaNet linear-attention mixer layers are not part of ModelSpec",
+    "jamba": "Mamba mixer layers are not part of ModelSpec",
+    "nemotron_h": "Mamba-2 mixer layers and single-sublayer blocks are not part of ModelSpec",
+    "minimax": "lightning (linear) attention mixer layers are not part of ModelSpec",
+    "granitemoehybrid": "Mamba-2 mixer layers are not part of ModelSpec",
+    "falcon_h1": "parallel Mamba-2 mixers are not part of ModelSpec",
+    "bamba": "Mamba-2 mixer layers are not part of ModelSpec",
+}
+"""Families moescale knows it cannot express exactly, with the reason.
+``moescale count --via transformers`` counts them exactly (active params approximate)."""
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted([*_FAMILIES, *_TEXT_CONFIG, "kimi_k2"]))
 """The HF ``model_type`` values :func:`from_hf_config` reads."""
+
+
+def resolve_model_type(cfg: dict[str, Any]) -> str:
+    """The family table a config uses: its ``model_type``, or, for a remote-code name,
+    the family of ``architectures[0]`` (``kimi_k2`` -> ``deepseek_v3``).
+
+    Raises :class:`ConfigError` naming the type for a refused or unknown family.
+    """
+    model_type = cfg.get("model_type")
+    supported = ", ".join(SUPPORTED_MODEL_TYPES)
+    if model_type is None:
+        raise ConfigError(f"HF config has no 'model_type' field; supported: {supported}")
+    if not isinstance(model_type, str):
+        raise ConfigError(f"HF config field 'model_type' must be a string; got {model_type!r}")
+    if model_type in _FAMILIES or model_type in _TEXT_CONFIG:
+        return model_type
+    if model_type in REFUSED_MODEL_TYPES:
+        raise ConfigError(
+            f"HF model_type {model_type!r} is not supported: {REFUSED_MODEL_TYPES[model_type]}; "
+            "`moescale count --via transformers` counts it exactly"
+        )
+    archs = cfg.get("architectures")
+    if isinstance(archs, list) and archs and archs[0] in _ARCHITECTURES:
+        return _ARCHITECTURES[archs[0]]
+    raise ConfigError(f"unsupported HF model_type {model_type!r}; supported: {supported}")
 
 
 def from_hf_config(cfg: dict[str, Any], *, name: str = "", source: str = "") -> ModelSpec:
@@ -454,15 +841,16 @@ def from_hf_config(cfg: dict[str, Any], *, name: str = "", source: str = "") -> 
     Returns
     -------
     ModelSpec
-        With ``extra`` holding the provenance: ``model_type``, ``source``,
-        ``architectures`` and family notes. MTP layers are recorded in
-        ``n_mtp_layers`` and excluded from counts unless asked.
+        With ``extra`` holding the provenance: ``model_type`` (as written),
+        ``family`` (the table used), ``source``, ``architectures``. MTP layers are
+        recorded in ``n_mtp_layers`` and excluded from counts unless asked.
 
     Raises
     ------
     ConfigError
-        Unknown ``model_type`` (naming it and the supported list), a missing
-        required field (naming it and the model_type), or an invalid value.
+        Unknown or refused ``model_type`` (naming it, and the reason or the supported
+        list), a missing required field (naming it and the model_type), or an
+        invalid value.
 
     Examples
     --------
@@ -476,18 +864,24 @@ def from_hf_config(cfg: dict[str, Any], *, name: str = "", source: str = "") -> 
     if not isinstance(cfg, dict):
         raise ConfigError(f"an HF config must be a JSON object; got {type(cfg).__name__}")
     model_type = cfg.get("model_type")
-    supported = ", ".join(SUPPORTED_MODEL_TYPES)
-    if model_type is None:
-        raise ConfigError(f"HF config has no 'model_type' field; supported: {supported}")
-    if model_type not in _FAMILIES:
-        raise ConfigError(f"unsupported HF model_type {model_type!r}; supported: {supported}")
-    r = _Reader(cfg, model_type)
-    fields = _FAMILIES[model_type](r)
+    family = resolve_model_type(cfg)
     extra: dict[str, Any] = {"model_type": model_type, "source": source or "hf config dict"}
     if isinstance(cfg.get("architectures"), list):
         extra["architectures"] = [str(a) for a in cfg["architectures"]]
-    if model_type == "qwen2_moe":
-        extra["shared_expert_intermediate_size"] = cfg.get("shared_expert_intermediate_size")
+    text = cfg
+    if family in _TEXT_CONFIG:
+        text = cfg.get("text_config")
+        if not isinstance(text, dict):
+            raise ConfigError(
+                f"HF config field 'text_config' (model_type {model_type!r}) must be a table "
+                f"(JSON object); got {text!r}"
+            )
+        family = _TEXT_CONFIG[family]
+        extra["note"] = "language model only (text_config); vision encoder not counted"
+    extra["family"] = family
+    if family == "qwen2_moe":
+        extra["shared_expert_intermediate_size"] = text.get("shared_expert_intermediate_size")
+    fields = _read_table(_Reader(text, str(model_type)), _FAMILIES[family])
     try:
         return ModelSpec(name=name or str(cfg.get("_name_or_path", "")), extra=extra, **fields)
     except ConfigError as exc:

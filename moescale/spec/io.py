@@ -18,7 +18,10 @@ from typing import Any
 from moescale.errors import ConfigError
 from moescale.spec.model_spec import SPEC_SCHEMA_VERSION, ModelSpec
 
-__all__ = ["load_spec", "load_spec_with_extras", "dump_spec_toml", "save_spec", "atomic_write"]
+__all__ = [
+    "load_spec", "load_spec_with_extras", "dump_spec_toml", "save_spec", "atomic_write",
+    "read_hf_json", "resolve_spec_path",
+]
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
@@ -58,20 +61,41 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"cannot read spec file {path}: {exc}") from None
 
 
-def load_spec_with_extras(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, Any]]:
-    """Load a spec and return it with the other top-level TOML tables (e.g. ``[train]``)."""
+def resolve_spec_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/config.json`` for a model folder (an HF checkpoint)."""
     path = Path(path)
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise ConfigError(f"model folder {path} has no config.json")
+        return config
+    return path
+
+
+def read_hf_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of an HF ``config.json`` (or of a model folder's)."""
+    path = resolve_spec_path(path)
+    try:
+        cfg = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path} must hold a JSON object (an HF config.json)")
+    return cfg
+
+
+def load_spec_with_extras(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, Any]]:
+    """Load a spec and return it with the other top-level TOML tables (e.g. ``[train]``).
+
+    ``path`` may be a model folder holding an HF ``config.json``.
+    """
+    path = resolve_spec_path(path)
     text = _read_text(path)
     if path.suffix == ".json" or text.lstrip().startswith("{"):
         from moescale.spec.hf_config import from_hf_config
 
-        try:
-            cfg = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"{path} must hold a JSON object (an HF config.json)")
-        return from_hf_config(cfg, name=path.stem, source=str(path)), {}
+        name = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+        return from_hf_config(read_hf_json(path), name=name, source=str(path)), {}
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

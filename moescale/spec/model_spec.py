@@ -21,7 +21,12 @@ Layer layout: layer ``i`` (0-based) is an MoE layer iff the model has experts,
 ``moe_layers`` tuple is given, iff ``i in moe_layers`` (layouts the rule cannot
 express, e.g. Qwen2-MoE's ``mlp_only_layers`` or ``decoder_sparse_step`` > 1).
 Every other layer has a dense SwiGLU FFN of width ``d_ffn``. Sliding-window
-layers follow the same pattern: ``sliding_every`` or the explicit ``sliding_layers``.
+layers follow the same pattern: ``sliding_every`` or the explicit ``sliding_layers``;
+``local_attention = "chunked"`` makes those layers attend within fixed chunks of
+``sliding_window`` tokens instead (Llama 4). ``nope_layers`` lists layers without RoPE.
+
+Every layer count is computed in closed form (no loop over layers), and ``n_layers``
+is bounded by :data:`MAX_LAYERS` so that no input can make accounting hang.
 """
 
 from __future__ import annotations
@@ -32,12 +37,23 @@ from typing import Any, Literal
 
 from moescale.errors import ConfigError, check_range
 
-__all__ = ["ModelSpec", "SPEC_SCHEMA_VERSION"]
+__all__ = ["ModelSpec", "SPEC_SCHEMA_VERSION", "MAX_LAYERS"]
 
 SPEC_SCHEMA_VERSION = 1
+MAX_LAYERS = 1_000_000
+"""Upper bound on ``n_layers``: beyond physical sense, and it keeps layer lists bounded."""
 
 AttentionKind = Literal["gqa", "mla"]
-QKNorm = Literal["none", "head", "full"]
+QKNorm = Literal["none", "head", "full", "l2"]
+NormKind = Literal["rms", "layer"]
+LocalAttention = Literal["sliding", "chunked"]
+
+
+def _count_multiples(k: int, start: int, stop: int) -> int:
+    """How many i in [start, stop) have i % k == 0 (closed form)."""
+    if stop <= start:
+        return 0
+    return (stop - 1) // k - (start - 1) // k
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +136,14 @@ class ModelSpec:
     sliding_layers: tuple[int, ...] | None = None
     """Explicit 0-based indices of the sliding-window blocks; overrides ``sliding_every``
     (which must then be 0). Needs ``sliding_window``. ``None``: use ``sliding_every``."""
+    local_attention: LocalAttention = "sliding"
+    """What the ``sliding_window`` layers do: ``sliding`` (each query sees the last
+    ``sliding_window`` keys) or ``chunked`` (queries see their own ``sliding_window``-token
+    chunk, Llama 4's ``attention_chunk_size``). Both attend min(s, window) keys per query
+    in the FLOPs convention (full context, no causal halving)."""
+    nope_layers: tuple[int, ...] | None = None
+    """0-based indices of layers that apply no rotary embedding (Llama 4, SmolLM3);
+    parameters and FLOPs are unaffected."""
     rope_fraction: float = 1.0
     """Fraction of each head's dimensions rotated by RoPE (partial RoPE)."""
     rope_theta: float = 10000.0
@@ -136,6 +160,19 @@ class ModelSpec:
     v_head_dim: int = 0
     """MLA: per-head value dims."""
 
+    norm: NormKind = "rms"
+    """``rms`` (RMSNorm) or ``layer`` (LayerNorm: Cohere, DBRX, PhiMoE)."""
+    norm_bias: bool = False
+    """Norms carry a bias as well as a weight (PhiMoE's LayerNorm)."""
+    norms_per_layer: int = 2
+    """Norms of width d in each block (2: pre-attention and pre-FFN; 4: Gemma 2/3 and
+    GLM-4 add post-norms; 1: Cohere's parallel block)."""
+    ffn_bias: bool = False
+    """Biases on the dense FFN and shared-expert projections (Granite ``mlp_bias``,
+    ERNIE 4.5 ``use_bias``). Shared experts count as one fused MLP: 2·E_s·d_shared + d."""
+    head_bias: bool = False
+    """Bias on the output head (PhiMoE ``lm_head_bias``, ERNIE 4.5 ``use_bias``)."""
+
     n_mtp_layers: int = 0
     """Multi-token-prediction blocks (DeepSeek-V3, Ling 2.0). Excluded from every count
     unless a function is asked to include them explicitly."""
@@ -145,10 +182,11 @@ class ModelSpec:
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "vocab_size"):
+        for name in ("d_model", "n_heads", "vocab_size"):
             check_range(name, getattr(self, name), low=1, integer=True)
+        check_range("n_layers", self.n_layers, low=1, high=MAX_LAYERS, integer=True)
         self._check_types()
-        for name in ("moe_layers", "sliding_layers"):
+        for name in ("moe_layers", "sliding_layers", "nope_layers"):
             self._normalise_layer_list(name)
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
@@ -159,10 +197,17 @@ class ModelSpec:
             )
         if self.attention not in ("gqa", "mla"):
             raise ConfigError(f"'attention' must be one of 'gqa', 'mla'; got {self.attention!r}")
-        if self.qk_norm not in ("none", "head", "full"):
-            raise ConfigError(
-                f"'qk_norm' must be one of 'none', 'head', 'full'; got {self.qk_norm!r}"
-            )
+        for name, allowed in (
+            ("qk_norm", ("none", "head", "full", "l2")),
+            ("norm", ("rms", "layer")),
+            ("local_attention", ("sliding", "chunked")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name!r} must be one of {', '.join(map(repr, allowed))}; "
+                    f"got {getattr(self, name)!r}"
+                )
+        check_range("norms_per_layer", self.norms_per_layer, low=0, high=8, integer=True)
         if self.head_dim is None:
             if self.d_model % self.n_heads:
                 raise ConfigError(
@@ -282,6 +327,10 @@ class ModelSpec:
             return self.is_moe and i in self.moe_layers
         return self.is_moe and i >= self.n_dense_layers and i % self.moe_every == 0
 
+    def is_rope_layer(self, i: int) -> bool:
+        """Whether block ``i`` applies the rotary embedding (not a NoPE layer)."""
+        return self.nope_layers is None or i not in self.nope_layers
+
     def is_sliding_layer(self, i: int) -> bool:
         """Whether block ``i`` uses sliding-window attention."""
         if self.sliding_window is None:
@@ -292,8 +341,23 @@ class ModelSpec:
 
     @property
     def n_moe_layers(self) -> int:
-        """Number of MoE blocks."""
-        return sum(self.is_moe_layer(i) for i in range(self.n_layers))
+        """Number of MoE blocks (closed form)."""
+        if not self.is_moe:
+            return 0
+        if self.moe_layers is not None:
+            return len(self.moe_layers)
+        return _count_multiples(self.moe_every, self.n_dense_layers, self.n_layers)
+
+    @property
+    def n_sliding_layers(self) -> int:
+        """Number of sliding-window (or chunked) attention blocks (closed form)."""
+        if self.sliding_window is None:
+            return 0
+        if self.sliding_layers is not None:
+            return len(self.sliding_layers)
+        if self.sliding_every == 0:
+            return self.n_layers
+        return _count_multiples(self.sliding_every, 0, self.n_layers)
 
     @property
     def n_dense_layer_count(self) -> int:

@@ -1,0 +1,173 @@
+"""Round trip through the installed transformers: for every family moescale reads,
+build a config with transformers' own config class (class defaults plus small but
+non-trivial sizes), ``save_pretrained`` it, read it back with moescale and compare
+every parameter group with ``sum(p.numel())`` of the transformers model built on the
+``meta`` device. Catches drift in what current transformers writes (``qwen3_moe``'s
+``num_local_experts``, ``qwen2_moe``'s ``sliding_window: 0``) and in the modelling code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moescale.spec import count_params, load_spec
+from moescale.spec.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from moescale.spec.hf_meta import meta_param_groups  # noqa: E402
+
+SMALL = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": 128, "intermediate_size": 96,
+         "pad_token_id": None}
+MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
+
+# model_type -> config-class arguments on top of SMALL (transformers' names)
+FAMILIES: dict[str, dict] = {
+    "llama": {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True},
+    "mistral": {"head_dim": 32, "num_key_value_heads": 1, "sliding_window": 16},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 2},
+    "qwen3": {"head_dim": 32, "attention_bias": True},
+    "gemma": {"head_dim": 32},
+    "gemma2": {"head_dim": 32, "sliding_window": 16},
+    "gemma3_text": {"head_dim": 32, "sliding_window": 16, "num_hidden_layers": 7},
+    "phi3": {"partial_rotary_factor": 0.5},
+    "olmo2": {},
+    "olmo3": {"sliding_window": 16},
+    "granite": {"attention_bias": True, "mlp_bias": True},
+    "cohere": {"use_qk_norm": True},
+    "cohere2": {"head_dim": 16, "sliding_window": 16},
+    "glm": {"head_dim": 16},
+    "glm4": {"head_dim": 16},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 16},
+    "olmoe": {"num_experts": 8, "num_experts_per_tok": 2},
+    "qwen2_moe": {**MOE, "num_experts": 8, "shared_expert_intermediate_size": 48,
+                  "decoder_sparse_step": 2, "mlp_only_layers": [3]},
+    "qwen3_moe": {**MOE, "head_dim": 32, "num_experts": 8, "mlp_only_layers": [0]},
+    "deepseek_v2": {**MOE, "num_key_value_heads": 4, "n_routed_experts": 8,
+                    "n_shared_experts": 2, "first_k_dense_replace": 1, "q_lora_rank": None,
+                    "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+                    "v_head_dim": 8, "attention_bias": True, "topk_method": "greedy",
+                    "n_group": 1, "topk_group": 1},
+    "deepseek_v3": {**MOE, "num_key_value_heads": 4, "n_routed_experts": 8,
+                    "n_shared_experts": 1, "first_k_dense_replace": 1, "q_lora_rank": 24,
+                    "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+                    "v_head_dim": 8, "attention_bias": True, "n_group": 1, "topk_group": 1},
+    "gpt_oss": {"head_dim": 32, "intermediate_size": 48, "num_local_experts": 4,
+                "num_experts_per_tok": 2, "sliding_window": 8},
+    "glm4_moe": {**MOE, "n_routed_experts": 8, "n_shared_experts": 1,
+                 "first_k_dense_replace": 1, "use_qk_norm": True, "head_dim": 16,
+                 "attention_bias": True, "n_group": 1, "topk_group": 1},
+    "dots1": {**MOE, "n_routed_experts": 8, "n_shared_experts": 2,
+              "first_k_dense_replace": 1, "attention_bias": True},
+    "ernie4_5_moe": {**MOE, "moe_num_experts": 8, "moe_k": 2, "moe_num_shared_experts": 2,
+                     "use_bias": True, "moe_layer_start_index": 1,
+                     "moe_layer_interval": 1},
+    "minimax_m2": {"head_dim": 16, "num_local_experts": 8, "num_experts_per_tok": 2},
+    "granitemoe": {"num_local_experts": 8, "num_experts_per_tok": 2, "attention_bias": True},
+    "granitemoeshared": {"num_local_experts": 8, "num_experts_per_tok": 2,
+                         "shared_intermediate_size": 48},
+    "hunyuan_v1_moe": {"num_experts": 8, "moe_topk": 2, "head_dim": 16,
+                       "attention_bias": True},
+    "llama4_text": {"head_dim": 16, "num_local_experts": 8, "num_experts_per_tok": 1,
+                    "intermediate_size_mlp": 80, "interleave_moe_layer_step": 2,
+                    "attention_chunk_size": 32, "num_hidden_layers": 8, "moe_layers": None},
+    "phimoe": {"num_local_experts": 8, "num_experts_per_tok": 2, "attention_bias": True,
+               "lm_head_bias": True, "sliding_window": 16},
+    "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 3, "vocab_size": 128,
+             "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0},
+             "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
+}
+NOT_SMALL = {"dbrx"}  # configured through its own nested keys
+
+
+def _saved_config(tmp_path: Path, model_type: str) -> dict:
+    args = dict(FAMILIES[model_type]) if model_type in NOT_SMALL else {
+        **SMALL, **FAMILIES[model_type]}
+    config = transformers.AutoConfig.for_model(model_type, **args)
+    config.save_pretrained(tmp_path)
+    return json.loads((tmp_path / "config.json").read_text())
+
+
+def test_every_native_family_is_round_tripped():
+    wrappers = {"llama4", "gemma3", "kimi_k2"}  # read through text_config / architectures
+    # BailingMoe is remote code only (not in transformers); test_spec_hf_config pins it.
+    remote = {"bailing_moe", "bailing_moe_v2"}
+    assert set(SUPPORTED_MODEL_TYPES) - wrappers - remote == set(FAMILIES)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_roundtrip_counts_equal_meta_build(tmp_path, model_type):
+    cfg = _saved_config(tmp_path, model_type)
+    spec = load_spec(tmp_path)  # a model folder, as `moescale count DIR` reads it
+    assert spec.extra["family"] == model_type
+    ours = count_params(spec).as_dict()
+    theirs = meta_param_groups(cfg)
+    assert theirs["other"] == 0, theirs
+    groups = ("embedding", "head", "attention", "norms", "dense_ffn", "router",
+              "routed_experts", "shared_experts")
+    assert {g: ours[g] for g in groups} == {g: theirs[g] for g in groups}
+    assert ours["total"] == theirs["total"]
+
+
+def test_roundtrip_layouts_are_nontrivial(tmp_path):
+    """The sizes above exercise the layouts, not just the defaults."""
+    spec = load_spec(_saved_path(tmp_path, "llama4_text"))
+    assert spec.n_moe_layers == 4 and spec.n_dense_layer_count == 4
+    assert spec.nope_layers == (3, 7) and spec.local_attention == "chunked"
+    assert spec.sliding_window == 32 and spec.n_sliding_layers == 6
+    g3 = load_spec(_saved_path(tmp_path / "g3", "gemma3_text"))
+    assert g3.sliding_layers == (0, 1, 2, 3, 4, 6)
+    ernie = load_spec(_saved_path(tmp_path / "ernie", "ernie4_5_moe"))
+    assert ernie.n_dense_layers == 1 and ernie.ffn_bias and ernie.head_bias
+
+
+def _saved_path(path: Path, model_type: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    _saved_config(path, model_type)
+    return path
+
+
+def test_drift_fields_of_current_transformers(tmp_path):
+    q3 = _saved_config(tmp_path / "a", "qwen3_moe")
+    assert "num_local_experts" in q3 or "num_experts" in q3
+    assert from_hf_config(q3).n_experts == 8
+    q2 = _saved_config(tmp_path / "b", "qwen2_moe")
+    assert from_hf_config({**q2, "sliding_window": 0}).sliding_window is None
+
+
+def _kimi_k2(configs_dir: Path) -> dict:
+    """Kimi K2's config.json: DeepSeek-V3's plus Kimi K2's published differences."""
+    ds = json.loads((configs_dir / "DeepSeek-V3.json").read_text())
+    return {**ds, "model_type": "kimi_k2", "architectures": ["DeepseekV3ForCausalLM"],
+            "n_routed_experts": 384, "num_attention_heads": 64, "num_key_value_heads": 64,
+            "vocab_size": 163840, "first_k_dense_replace": 1, "n_group": 1,
+            "topk_group": 1, "routed_scaling_factor": 2.827, "num_nextn_predict_layers": 0,
+            "rope_scaling": None, "bos_token_id": 163584, "eos_token_id": 163585}
+
+
+def test_kimi_k2_total(configs_dir):
+    cfg = _kimi_k2(configs_dir)
+    spec = from_hf_config(cfg)
+    assert spec.extra["family"] == "deepseek_v3"
+    assert count_params(spec).total == 1_026_408_232_448
+    assert meta_param_groups(cfg)["total"] == 1_026_408_232_448
+
+
+@pytest.mark.parametrize("change", [
+    {"norm": "layer"}, {"norm_bias": True}, {"norms_per_layer": 4}, {"ffn_bias": True},
+    {"head_bias": True}, {"nope_layers": (1,)}, {"qk_norm": "l2"},
+    {"sliding_window": 4, "local_attention": "chunked"},
+])
+def test_pytorch_model_refuses_what_it_cannot_build(change):
+    from moescale.errors import ConfigError
+    from moescale.model import Transformer
+    from moescale.spec import ModelSpec
+
+    spec = ModelSpec(d_model=32, n_layers=2, n_heads=4, vocab_size=64, d_ffn=48, **change)
+    name = next(iter(change)) if "local_attention" not in change else "local_attention"
+    with pytest.raises(ConfigError, match=rf"{name}.*not supported by the PyTorch model"):
+        Transformer(spec)
