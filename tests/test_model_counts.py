@@ -69,7 +69,6 @@ def test_forward_flops_equal_ling_forward_m(name, backend):
     model = build_model(spec, MoEConfig(backend=backend))
     fc = measure_forward_flops(model, torch.zeros(2, seq, dtype=torch.long))
     expected = flops_per_token(spec, convention="ling", seq_len=seq, training=False)
-    assert fc.per_token == pytest.approx(expected, rel=0.01)
     assert fc.per_token == expected  # exact: same matmuls, attention at full s
     assert fc.head == 2 * spec.d_model * spec.vocab_size * fc.tokens
     gating = spec.n_experts + (1 if spec.shared_expert_gate else 0)
