@@ -1,7 +1,7 @@
 """moescale: Efficiency Leverage and scaling laws for Mixture-of-Experts language models.
 
-Subpackages (imports flow one way: cli → sweep → train → model → spec;
-report → fit → laws → spec):
+Subpackages (imports flow one way: cli → sweep → train → {model, data} → spec;
+cli → report → fit → laws → spec; sweep → fit; README "Layout" lists three narrow edges):
 
 - :mod:`moescale.spec` — architecture spec, exact params/FLOPs, HF config import.
 - :mod:`moescale.laws` — law forms and published coefficients with provenance.

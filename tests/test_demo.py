@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -15,10 +14,8 @@ def test_demo_quick_end_to_end_and_rerun(tmp_path, capsys):
     from moescale.cli import main
 
     out = tmp_path / "demo"
-    t0 = time.perf_counter()
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--quick", "--out", str(out), "--json"])
-    first = time.perf_counter() - t0
     assert exc.value.code in (0, None)
     res = json.loads(capsys.readouterr().out)
     assert not res["failed"] and res["n_trained"] >= 9
@@ -29,15 +26,13 @@ def test_demo_quick_end_to_end_and_rerun(tmp_path, capsys):
     head = res["headline"]
     els = head["efficiency_leverage"]
     assert len(els) == 4 and all(e["el_measured"] and e["el_measured"] > 0 for e in els)
-    # the published law at this compute sits below its crossover: EL < 1 for every run
+    # the published law at this compute sits below its break-even compute: EL < 1 for every run
     assert all(e["el_published"] < 1 for e in els)
     assert head["dense_frontier"]["beta"] > 0
     assert "Measured EL" in res["text"] and "report:" in res["text"]
-    assert first < 240
-    t0 = time.perf_counter()
+    # wall-clock bounds of the two runs: benchmarks/bench_demo.py
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--quick", "--out", str(out)])
     assert exc.value.code in (0, None)
-    assert time.perf_counter() - t0 < 30
     text = capsys.readouterr().out
     assert re.search(r"0 trained now, 10 reused", text)
