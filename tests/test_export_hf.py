@@ -24,8 +24,7 @@ from moescale.model import MoEConfig, build_model  # noqa: E402
 from moescale.spec import ModelSpec  # noqa: E402
 from moescale.train import TrainConfig, train  # noqa: E402
 from moescale.train.checkpoint import load_weights, save_weights  # noqa: E402
-from moescale.train.config import moe_config  # noqa: E402
-from moescale.train.trainer import CONFIG_NAME, RESULT_NAME  # noqa: E402
+from moescale.train.trainer import RESULT_NAME, RUN_CONFIG_NAME  # noqa: E402
 
 BASE = dict(d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=257, d_ffn=64,
             rope_theta=5e5)
@@ -72,12 +71,12 @@ def test_trained_run_exports_exactly(spec, train_kw, family, tmp_path, one_torch
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == family
     assert (out / "model.safetensors").is_file()
-    assert _logits_agree(run, out, spec, moe_config(cfg)) <= 1e-5
+    assert _logits_agree(run, out, spec, cfg.moe) <= 1e-5
 
 
 def _fake_run(run: Path, spec: ModelSpec, cfg: TrainConfig, status="completed") -> MoEConfig:
     """A run folder as the trainer leaves it, with large random weights."""
-    moe = moe_config(cfg)
+    moe = cfg.moe
     model = build_model(spec, moe, init_std=0.05)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -86,7 +85,7 @@ def _fake_run(run: Path, spec: ModelSpec, cfg: TrainConfig, status="completed") 
                 p.copy_(1.0 * name.endswith("weight") + 0.2 * torch.randn(p.shape, generator=gen))
     run.mkdir(parents=True)
     save_weights(run, model.state_dict())
-    (run / CONFIG_NAME).write_text(json.dumps(
+    (run / RUN_CONFIG_NAME).write_text(json.dumps(
         {"spec": spec.to_dict(), "train": cfg.to_dict(), "plan": {"seq_len": 64}}))
     (run / RESULT_NAME).write_text(json.dumps({"status": status}))
     return moe
@@ -107,7 +106,7 @@ def _fake_run(run: Path, spec: ModelSpec, cfg: TrainConfig, status="completed") 
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_each_family_round_trips(spec, router, family, tmp_path):
-    cfg = TrainConfig(compute=1e9, router=router)
+    cfg = TrainConfig(compute=1e9, moe={"router": router})
     moe = _fake_run(tmp_path / "run", spec, cfg)
     done = export_hf(tmp_path / "run", tmp_path / "hf")
     assert done.model_type == family
@@ -127,7 +126,7 @@ def test_each_family_round_trips(spec, router, family, tmp_path):
 def test_unrepresentable_spec_is_refused_naming_the_feature(changes, router, feature):
     spec = ModelSpec(**{**BASE, **changes})
     with pytest.raises(ConfigError, match=r"cannot export") as exc:
-        hf_family(spec, moe_config(TrainConfig(compute=1e9, router=router)))
+        hf_family(spec, TrainConfig(compute=1e9, moe={"router": router}).moe)
     assert feature in str(exc.value)
 
 

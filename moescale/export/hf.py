@@ -42,8 +42,8 @@ from moescale.model.transformer import RMSNorm
 from moescale.spec import ModelSpec
 from moescale.spec.io import atomic_write
 from moescale.train.checkpoint import MODEL_NAME, SAFETENSORS_NAME, load_weights
-from moescale.train.config import TrainConfig, moe_config
-from moescale.train.trainer import CONFIG_NAME, RESULT_NAME
+from moescale.train.config import TrainConfig, upgrade_train_dict
+from moescale.train.trainer import LEGACY_RUN_CONFIG_NAME, RESULT_NAME, RUN_CONFIG_NAME
 
 __all__ = ["HF_FAMILIES", "HFExport", "export_hf", "hf_family", "hf_config", "hf_state_dict"]
 
@@ -57,7 +57,7 @@ HF_FAMILIES: dict[str, str] = {
 """Families an export can target (``model_type`` → architecture class)."""
 
 _RMS_EPS: float = inspect.signature(RMSNorm).parameters["eps"].default
-_RUN_CONFIG_NAMES = ("moescale_run.json", CONFIG_NAME)  # the run's own record, newest first
+_RUN_CONFIG_NAMES = (RUN_CONFIG_NAME, LEGACY_RUN_CONFIG_NAME)  # the run's own record, newest first
 
 
 @dataclass(frozen=True)
@@ -306,7 +306,8 @@ def _run_record(run_dir: Path) -> tuple[ModelSpec, TrainConfig, dict[str, Any]]:
             record = _read_json(run_dir / name)
             if "spec" in record and "train" in record:
                 spec = ModelSpec.from_dict(record["spec"])
-                return spec, TrainConfig.from_dict(record["train"]), record
+                train = TrainConfig.from_dict(upgrade_train_dict(record["train"], warn=False))
+                return spec, train, record
     raise DataError(f"cannot export {run_dir}: no run record ({' or '.join(_RUN_CONFIG_NAMES)})")
 
 
@@ -324,7 +325,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> HFExpor
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"'--out' must be a new or empty folder; {out} is not empty")
     spec, train, record = _run_record(run_dir)
-    moe = moe_config(train)
+    moe = train.moe
     family = hf_family(spec, moe)  # refuse before reading the weights
     weights = next((run_dir / n for n in (SAFETENSORS_NAME, MODEL_NAME)
                     if (run_dir / n).is_file()), None)
