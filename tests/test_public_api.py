@@ -45,7 +45,7 @@ EXPECTED = {
         "window_order"},
     "moescale.train": {
         "TRAIN_SCHEMA_VERSION", "TrainConfig", "TrainPlan", "el_batch_opt", "el_lr_opt",
-        "lr_at", "moe_config", "resolve_plan", "train"},
+        "lr_at", "resolve_plan", "run_hash", "run_identity", "train", "train_step"},
     "moescale.sweep": {
         "PlannedRun", "RECORD_COLUMNS", "RunStore", "SweepOutcome", "SweepPlan", "SweepSpec",
         "default_workers", "load_sweep_spec", "open_store", "parse_sweep_spec", "plan_sweep",
