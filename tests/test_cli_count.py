@@ -11,6 +11,7 @@ import pytest
 
 from moescale.cli import main
 from moescale.spec import count_params, flops_per_token, load_spec
+from moescale.spec.hf_meta import transformers_available
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,3 +132,103 @@ def test_subprocess_never_prints_a_traceback(tmp_path):
         "error: HF config (model_type 'mixtral') is missing required field "
         "'num_attention_heads'"
     )
+
+
+# ---------------------------------------------------------------- folders, transformers path
+JETMOE = {"model_type": "jetmoe", "hidden_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "kv_channels": 16,
+          "vocab_size": 128, "intermediate_size": 96, "num_local_experts": 4,
+          "num_experts_per_tok": 2}
+
+
+def _count(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(["count", *args])
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+def test_model_folder_reads_its_config_json(tmp_path, capsys, configs_dir):
+    folder = tmp_path / "Qwen3-30B-A3B"
+    folder.mkdir()
+    (folder / "config.json").write_text((configs_dir / "Qwen3-30B-A3B.json").read_text())
+    rec = run_json(capsys, str(folder))
+    assert rec["total_params"] == 30_532_122_624 and rec["name"] == "Qwen3-30B-A3B"
+
+
+def test_refused_family_falls_back_to_transformers(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(JETMOE))
+    code, out, err = _count(capsys, str(path), "--json")
+    assert code == 0 and "not read natively (attention experts" in err
+    rec = json.loads(out)
+    cfg = transformers.AutoConfig.for_model(**JETMOE)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    assert rec["total_params"] == sum(p.numel() for p in model.parameters())
+    assert rec["via"] == "transformers" and "active_params" in rec["approximate"]
+    assert rec["params_by_group"]["other"] == 0
+    # 4 experts, top-2 (attention and MLP experts alike): half the expert weights idle
+    groups = rec["params_by_group"]
+    assert rec["active_params"] == rec["total_params"] - groups["routed_experts"] // 2
+    # the table output labels what is approximate
+    code, out, _ = _count(capsys, str(path))
+    assert code == 0 and "active params (approximate)" in out and "(exact)" in out
+
+
+def test_via_transformers_equals_native_on_a_supported_family(capsys, configs_dir):
+    pytest.importorskip("transformers")
+    path = str(configs_dir / "Mixtral-8x7B-v0.1.json")
+    via = run_json(capsys, path, "--via", "transformers")
+    native = run_json(capsys, path)
+    assert via["total_params"] == native["total_params"] == 46_702_792_704
+    assert via["active_params"] == native["active_params"]
+
+
+def test_verify_matches_and_reports_a_differing_group(capsys, configs_dir, monkeypatch):
+    pytest.importorskip("transformers")
+    path = str(configs_dir / "DeepSeek-V3.json")
+    rec = run_json(capsys, path, "--verify")
+    assert rec["verify"]["match"] and rec["verify"]["differ"] == []
+    assert rec["verify"]["groups"]["total"]["transformers"] == 671_026_419_200
+    import moescale.spec.hf_meta as hf_meta
+
+    real = hf_meta.meta_param_groups
+
+    def off_by_one(cfg):
+        groups = real(cfg)
+        return {**groups, "norms": groups["norms"] + 1, "total": groups["total"] + 1}
+
+    monkeypatch.setattr(hf_meta, "meta_param_groups", off_by_one)
+    code, out, err = _count(capsys, path, "--verify")
+    assert code == 1 and "DIFFERS" in out
+    assert "groups differing from transformers: norms, total" in err
+
+
+@pytest.mark.parametrize(("cfg", "needle"), [
+    ({"model_type": "nosuch_model", "hidden_size": 8},
+     "'nosuch_model' is known neither to moescale nor to the installed transformers"
+     if transformers_available() else "unsupported HF model_type 'nosuch_model'"),
+    ({"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2,
+      "num_attention_heads": [4], "vocab_size": 8}, "'num_attention_heads' (model_type "
+     "'mixtral') must be an int >= 1; got [4]"),
+    ({"model_type": 7}, "'model_type' must be a string; got 7"),
+    ({"model_type": "deepseek_v3", "hidden_size": 64, "num_attention_heads": 4,
+      "num_hidden_layers": 1e30, "vocab_size": 8},
+     "'num_hidden_layers' (model_type 'deepseek_v3') must be an int in [1, 1000000]; got 1e+30"),
+])
+def test_bad_hf_configs_one_line_exit_2(tmp_path, capsys, cfg, needle):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    code, out, err = _count(capsys, str(path))
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and needle in lines[0], err
+
+
+def test_via_and_verify_need_an_hf_config(capsys):
+    toml = str(REPO / "examples/tiny-dense.toml")
+    for args in (["--via", "transformers"], ["--verify"], ["--via", "nope"]):
+        code, _, err = _count(capsys, toml, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err

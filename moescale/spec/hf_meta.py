@@ -17,15 +17,24 @@ are counted with the router, as the checkpoints store them.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import warnings
 from typing import Any
 
 from moescale.errors import ConfigError
 
-__all__ = ["meta_param_groups", "transformers_summary", "GROUPS"]
+__all__ = [
+    "meta_param_groups", "transformers_summary", "verify_spec", "count_path", "GROUPS",
+    "COMPARED_GROUPS", "transformers_available",
+]
 
-GROUPS = ("embedding", "head", "attention", "norms", "dense_ffn", "router", "routed_experts",
-          "shared_experts", "other")
+COMPARED_GROUPS = ("embedding", "head", "attention", "norms", "dense_ffn", "router",
+                   "routed_experts", "shared_experts")
+"""Groups both moescale and the meta build report (MTP blocks are never built by
+transformers, so ``mtp`` is not compared)."""
+GROUPS = (*COMPARED_GROUPS, "other")
 
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("head", re.compile(r"^(lm_head|output)\.")),
@@ -33,27 +42,34 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("shared_experts", re.compile(r"shared_expert|shared_mlp")),
     ("routed_experts", re.compile(r"\.experts\.")),
     ("router", re.compile(r"\.(gate|router)\.|e_score_correction_bias")),
-    ("attention", re.compile(r"\.(self_attn|attn|attention)\.")),
+    ("attention", re.compile(r"\.(self_attn|self_attention|attn|attention)\.")),
     ("norms", re.compile(r"norm|\.ln_")),
     ("dense_ffn", re.compile(r"\.(mlp|feed_forward|ffn)\.")),
 )
 
 
-def _group(name: str) -> str:
+def _group(name: str, ndim: int = 2) -> str:
+    """The group of a parameter; a 3-D weight outside shared experts is a stacked set of
+    routed experts (JetMoE's ``mlp.input_linear``)."""
     for group, pattern in _RULES:
         if pattern.search(name):
+            if group in ("attention", "dense_ffn") and ndim == 3:
+                return "routed_experts"
             return group
     return "other"
 
 
+def transformers_available() -> bool:
+    """Whether the ``[hf]`` extra (transformers and torch) is installed (nothing imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch"))
+
+
 def _require_transformers() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise ConfigError(
-            "counting through transformers needs the [hf] extra: pip install 'moescale[hf]'"
-        ) from None
+    """Import torch and transformers (an ImportError names the missing [hf] extra)."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
     return torch, transformers
 
 
@@ -95,7 +111,8 @@ def meta_param_groups(cfg: dict[str, Any]) -> dict[str, int]:
     from transformers import AutoModel, AutoModelForCausalLM
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             try:
                 model = AutoModelForCausalLM.from_config(config)
             except ValueError:
@@ -107,7 +124,7 @@ def meta_param_groups(cfg: dict[str, Any]) -> dict[str, int]:
         ) from None
     groups = dict.fromkeys(GROUPS, 0)
     for name, p in model.named_parameters():
-        groups[_group(name)] += p.numel()
+        groups[_group(name, p.ndim)] += p.numel()
     for name, b in model.named_buffers():
         if name.endswith("e_score_correction_bias"):
             groups["router"] += b.numel()
@@ -154,3 +171,75 @@ def transformers_summary(cfg: dict[str, Any], *, name: str = "") -> dict[str, An
         "approximate": ["active_params", "active_params_non_embedding", "flops_per_token_6n"],
         "params_by_group": groups,
     }
+
+
+def verify_spec(spec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Cross-check moescale's reading of ``cfg`` (``spec``) against transformers' meta
+    build, group by group.
+
+    Returns ``{"match": bool, "groups": {group: {"moescale": n, "transformers": m}},
+    "differ": [groups that differ]}``. For multimodal wrappers (``llama4``, ``gemma3``)
+    the language model of ``text_config`` is compared, which is what moescale reads.
+    """
+    from moescale.spec.accounting import count_params
+
+    family = spec.extra.get("family")
+    if isinstance(cfg.get("text_config"), dict) and family in ("llama4_text", "gemma3_text"):
+        cfg = {**cfg["text_config"], "model_type": family}
+    ours = count_params(spec).as_dict()
+    theirs = meta_param_groups(cfg)
+    rows = {g: {"moescale": ours[g], "transformers": theirs[g]} for g in COMPARED_GROUPS}
+    rows["other"] = {"moescale": 0, "transformers": theirs["other"]}
+    rows["total"] = {"moescale": ours["total"], "transformers": theirs["total"]}
+    differ = [g for g, r in rows.items() if r["moescale"] != r["transformers"]]
+    return {"match": not differ, "groups": rows, "differ": differ}
+
+
+def count_path(
+    path: str | os.PathLike, *, via: str = "auto", seq_len: int = 4096,
+    include_mtp: bool = False, verify: bool = False,
+) -> tuple[dict[str, Any], str | None]:
+    """The ``moescale count`` record of a spec file, HF ``config.json`` or model folder.
+
+    ``via``: ``moescale`` (native reading only), ``transformers`` (meta build: exact
+    totals, approximate active parameters and FLOPs), or ``auto`` (native; an HF
+    ``model_type`` moescale does not read falls back to transformers when installed).
+    ``verify`` adds a ``verify`` entry (:func:`verify_spec`) to a native record.
+    Returns (record, note): ``note`` says when the fallback was used, else None.
+    """
+    from moescale.spec.accounting import summary
+    from moescale.spec.hf_config import REFUSED_MODEL_TYPES, resolve_model_type
+    from moescale.spec.io import load_spec, read_hf_json, resolve_spec_path
+
+    if via not in ("auto", "moescale", "transformers"):
+        raise ConfigError(f"'via' must be one of 'auto', 'moescale', 'transformers'; got {via!r}")
+    resolved = resolve_spec_path(path)
+    is_json = resolved.suffix == ".json"
+    if (via == "transformers" or verify) and not is_json:
+        raise ConfigError(
+            f"{'--verify' if verify else '--via transformers'} needs an HF config.json "
+            f"or model folder; got {resolved}"
+        )
+    name = resolved.parent.name if resolved.name == "config.json" else resolved.stem
+    if via == "transformers":
+        return transformers_summary(read_hf_json(resolved), name=name), None
+    note = None
+    if via == "auto" and is_json:
+        cfg = read_hf_json(resolved)
+        try:
+            resolve_model_type(cfg)
+        except ConfigError:
+            if not transformers_available():
+                raise
+            record = transformers_summary(cfg, name=name)
+            mt = cfg.get("model_type")
+            why = REFUSED_MODEL_TYPES.get(mt, "a model_type moescale does not know")
+            return record, (
+                f"model_type {mt!r} is not read natively ({why}); counted through "
+                "transformers: totals exact, active params and FLOPs approximate"
+            )
+    spec = load_spec(resolved)
+    record = summary(spec, seq_len=seq_len, include_mtp=include_mtp)
+    if verify:
+        record["verify"] = verify_spec(spec, read_hf_json(resolved))
+    return record, note
