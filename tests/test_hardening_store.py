@@ -316,3 +316,12 @@ def test_fit_and_report_readers_take_escaped_and_readonly_paths(tmp_path):
     records, _, info = load_runs(path)
     assert len(records) == 2 and info["kind"] == "store"
     assert sorted(os.listdir(tmp_path)) == before  # no -wal/-shm, no stray "runs" file
+
+
+@pytest.mark.parametrize("budget, field", [("1e31", "sweep.budgets[0]"), ("1e30", "tokens")])
+def test_huge_budget_is_one_line_and_creates_no_store(tmp_path, capsys, budget, field):
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'[sweep]\nname = "x"\nbudgets = [{budget}]\n[dense]\n')
+    line = _one_line_error(capsys, "sweep", "run", str(spec), "--store", str(tmp_path / "a.db"))
+    assert field in line  # was an OverflowError traceback (SQLite INTEGER) for 1e30
+    assert sorted(os.listdir(tmp_path)) == ["s.toml"]

@@ -95,12 +95,13 @@ def run_cmd(
     from moescale.sweep.execute import check_backend, run_sweep
     from moescale.sweep.planner import plan_sweep
     from moescale.sweep.spec import load_sweep_spec
-    from moescale.sweep.store import open_store
+    from moescale.sweep.store import check_plan, open_store
 
     # every option is checked before the store is created
     check_backend(backend, workers)
     check_store_path(store)
     plan = plan_sweep(load_sweep_spec(spec))
+    check_plan(plan)
     with open_store(store) as st:
         outcome = run_sweep(plan, st, backend=backend, workers=workers, ray_address=ray_address,
                             retry_failed=retry_failed,

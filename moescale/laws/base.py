@@ -37,7 +37,13 @@ __all__ = [
     "USER_FIT",
     "check_positive",
     "as_scalar_or_array",
+    "COMPUTE_MAX",
 ]
+
+COMPUTE_MAX = 1e30
+"""Largest training compute (FLOPs) moescale plans or designs for: about 1e5× the largest
+published runs (~1e25–1e26). Beyond it token counts leave 64-bit integers and searches
+leave any tested range, so larger budgets are refused with this bound stated."""
 
 _STATUSES = ("V", "R", "I", "M", "F")
 

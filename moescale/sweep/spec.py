@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from moescale.errors import ConfigError, check_range
+from moescale.laws.base import COMPUTE_MAX
 
 __all__ = [
     "SweepSpec",
@@ -155,13 +156,14 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _num_list(value: Any, name: str, *, integer: bool = False, low: float | None = None,
-              low_inclusive: bool = False) -> tuple:
+              low_inclusive: bool = False, high: float | None = None) -> tuple:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{name!r} must be a non-empty list of numbers; got {value!r}")
     for i, v in enumerate(value):
-        check_range(f"{name}[{i}]", v, low=low, low_inclusive=low_inclusive, integer=integer)
+        check_range(f"{name}[{i}]", v, low=low, low_inclusive=low_inclusive, high=high,
+                    integer=integer)
     if len(set(value)) != len(value):
         raise ConfigError(f"{name!r} has duplicate entries; got {value!r}")
     return tuple(int(v) if integer else float(v) for v in value)
@@ -300,7 +302,8 @@ def parse_sweep_spec(doc: dict[str, Any], *, source: str = "") -> SweepSpec:
         raise ConfigError(f"'sweep.name' must be a non-empty string; got {name!r}")
     if "budgets" not in sweep:
         raise ConfigError("'sweep.budgets' is required: a list of compute budgets in FLOPs")
-    budgets = tuple(sorted(_num_list(sweep["budgets"], "sweep.budgets", low=0)))
+    budgets = tuple(sorted(_num_list(sweep["budgets"], "sweep.budgets", low=0,
+                                     high=COMPUTE_MAX)))
     kw: dict[str, Any] = {"name": name, "budgets": budgets, "source": source}
     for key, low in (("seq_len", 1), ("seed", 0), ("vocab_size", 2)):
         if key in sweep:

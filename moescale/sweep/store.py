@@ -45,6 +45,7 @@ __all__ = [
     "STORE_SCHEMA_VERSION",
     "APPLICATION_ID",
     "open_store",
+    "check_plan",
 ]
 
 STORE_SCHEMA_VERSION = 1
@@ -64,6 +65,7 @@ _TYPES = {
     "flops_per_token_full": "REAL",
 }
 _STATUSES = ("planned", "running", "done", "failed")
+_INT64 = 2**63
 
 
 def _now() -> str:
@@ -309,11 +311,12 @@ class RunStore:
                     "moescale resolves it differently; use a new store or rename the family"
                 )
         now = _now()
+        rows = check_plan(plan)
         with self.transaction() as con:
             for r in plan.runs:
                 if r.name in existing:
                     continue
-                row = _record_from_plan(r)
+                row = rows[r.name]
                 cols = ["name", "key", "sweep", "family", "kind", "budget", "status",
                         "spec_json", "train_json", "plan_json", "created_at", "updated_at",
                         *row]
@@ -425,6 +428,18 @@ class RunStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return out
+
+
+def check_plan(plan: Any) -> dict[str, dict[str, Any]]:
+    """The store rows of ``plan``'s runs (name → columns), refusing any integer column
+    a 64-bit SQLite INTEGER cannot hold (tokens of a budget far beyond any real run)."""
+    rows = {r.name: _record_from_plan(r) for r in plan.runs}
+    for name, row in rows.items():
+        for col, v in row.items():
+            if isinstance(v, int) and not -_INT64 <= v < _INT64:
+                raise ConfigError(f"run {name!r}: {col!r} must be below 2^63 (the store's "
+                                  f"64-bit integer columns); got {v:.3g}: lower the budget")
+    return rows
 
 
 def _finite_dict(d: Any) -> Any:
