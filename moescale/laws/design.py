@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from moescale.errors import ConfigError, check_range
-from moescale.laws.base import check_positive
+from moescale.laws.base import COMPUTE_MAX, check_positive
 from moescale.laws.el import ELLaw
 from moescale.laws.fg import FGLaw, fg_shape
 from moescale.laws.hparams import AllocationLaw, HyperparameterLaw
@@ -42,6 +42,8 @@ __all__ = ["DesignConstraints", "design", "DESIGN_LAWS", "BYTES_PER_PARAM"]
 DESIGN_LAWS = ("ling2025", "fg", "joint")
 BYTES_PER_PARAM = 16
 """bf16 weights (2) + bf16 grads (2) + fp32 master (4) + fp32 Adam m and v (8)."""
+MAX_LAYERS = 100_000
+"""Deepest candidate proposed (Ling 2.0 models have 20-80 layers)."""
 ASPECT_TARGET = 100.0
 """Target d_model / n_layers (Ling 2.0 models: 102, 128, 102)."""
 
@@ -69,7 +71,7 @@ class DesignConstraints:
     """Sequence length s of Ling's M."""
 
     def __post_init__(self) -> None:
-        check_positive("compute", self.compute)
+        check_positive("compute", self.compute, high=COMPUTE_MAX)
         for name in ("max_total_params", "max_active_params", "memory_gb"):
             v = getattr(self, name)
             if v is not None:
@@ -169,7 +171,7 @@ def _design_ling(cons: DesignConstraints, *, vocab: int, allow_extrapolation: bo
                             continue
                         m1 = _layer_flops(d, k, s, d_expert, cons.seq_len)
                         layers = round(m_opt / m1)
-                        if layers < 2:
+                        if not 2 <= layers <= MAX_LAYERS:
                             continue
                         options.append((abs(math.log(d / layers / ASPECT_TARGET)), d, layers,
                                         d_expert))
@@ -194,6 +196,32 @@ def _design_ling(cons: DesignConstraints, *, vocab: int, allow_extrapolation: bo
 
 
 # ---------------------------------------------------------------------- fg
+_FG_MAX_BLOCKS = 100_000
+"""Search bound of FG's shape (d = 64·n, n blocks); the unconstrained search used 1e5."""
+
+
+def _counts(spec: ModelSpec) -> tuple[int, int]:
+    pc = count_params(spec)
+    return pc.total, pc.active
+
+
+def _largest_admissible(admits, hi: int) -> int:
+    """Largest n in [1, hi] with ``admits(n)`` for a predicate true up to some n (params
+    grow with n); 0 when even n = 1 is refused. Bisection: O(log hi) counts."""
+    if not admits(1):
+        return 0
+    if admits(hi):
+        return hi
+    lo = 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if admits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def _design_fg(cons: DesignConstraints, *, vocab: int) -> list:
     from scipy.optimize import minimize_scalar  # lazy: ~0.3 s import
 
@@ -206,15 +234,25 @@ def _design_fg(cons: DesignConstraints, *, vocab: int) -> list:
         def obj(x: float, G: int = G) -> float:
             return float(law.loss_at_shape(math.exp(x), G, F))
 
-        res = minimize_scalar(obj, bounds=(0.0, math.log(1e5)), method="bounded",
-                              options={"xatol": 1e-9})
-        n_opt = math.exp(res.x)
-        for n in sorted({max(1, math.floor(n_opt)), max(1, math.ceil(n_opt))}):
+        def spec_at(n: int, G: int = G) -> ModelSpec:
+            d = 64 * n
+            return ModelSpec(d_model=d, n_layers=n, n_heads=n, head_dim=64, vocab_size=vocab,
+                             n_experts=E * G, top_k=G, n_shared_experts=0, d_expert=4 * d // G)
+
+        # The limits are part of the search: parameters grow with n, so the admissible
+        # shapes are n <= n_cap and the loss (one minimum in ln n) is least at
+        # min(n_opt, n_cap).
+        n_cap = _largest_admissible(lambda n: cons.admits(*_counts(spec_at(n))), _FG_MAX_BLOCKS)
+        if n_cap < 1:
+            continue
+        res = minimize_scalar(obj, bounds=(0.0, math.log(n_cap)), method="bounded",
+                              options={"xatol": 1e-9}) if n_cap > 1 else None
+        n_opt = math.exp(res.x) if res is not None else 1.0
+        for n in sorted({max(1, math.floor(n_opt)), min(n_cap, max(1, math.ceil(n_opt)))}):
             d = 64 * n
             if (4 * d) % G:
                 continue
-            spec = ModelSpec(d_model=d, n_layers=n, n_heads=n, head_dim=64, vocab_size=vocab,
-                             n_experts=E * G, top_k=G, n_shared_experts=0, d_expert=4 * d // G)
+            spec = spec_at(n)
             pc = count_params(spec)
             if not cons.admits(pc.total, pc.active):
                 continue
@@ -262,7 +300,15 @@ def _design_joint(cons: DesignConstraints, *, vocab: int) -> list:
             if actives[d] >= n_target or d > 65536:
                 break
             d += 64
-        for dd in {max(64, d - 64), d}:
+        # the limits are part of the search: the loss rises as d leaves the optimum, so
+        # when the bracketing d are refused the largest admissible d below them is best
+        def admits(n: int, E: int = E) -> bool:
+            return cons.admits(*_counts(_joint_spec(64 * n, E, vocab)))
+
+        blocks = _largest_admissible(admits, d // 64)
+        if blocks < 1:
+            continue
+        for dd in {max(64, min(d - 64, 64 * blocks)), min(d, 64 * blocks)}:
             spec = _joint_spec(dd, E, vocab)
             pc = count_params(spec)
             if not cons.admits(pc.total, pc.active):
