@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> creates .venv/, installs moescale, runs the demo
-#   make test   -> installs the test extras, runs the whole test suite
+#   make test   -> installs the test extras, runs the test suite except the slow
+#                  end-to-end tests (< 3 min on 2 cores); `make test-all` runs everything,
+#                  `make test-slow` only the slow ones (CI, .ci/run, runs test then test-slow)
 # Both install every extra (`.[all]`, `.[test]`); torch is installed first, pinned, so pip
 # never resolves an unpinned torch. A planner-only install is `pip install moescale`
 # (core: spec, laws, fit, report text; no torch), see pyproject.toml for the extras.
@@ -11,7 +13,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-test demo demo-quick test lint bench
+.PHONY: install install-test demo demo-quick test test-slow test-all lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,13 @@ demo-quick: install
 	$(BIN)/moescale demo --quick
 
 test: install-test
+	$(BIN)/ruff check moescale tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: install-test
+	$(BIN)/python -m pytest -q -m slow tests
+
+test-all: install-test
 	$(BIN)/ruff check moescale tests benchmarks
 	$(BIN)/python -m pytest -q tests
 

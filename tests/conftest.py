@@ -28,6 +28,14 @@ def data_dir(shared_dir: Path) -> Path:
     return shared_dir / "data"
 
 
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory) -> str:
+    """One token-cache folder for every test that trains: each corpus is tokenized once
+    per session, not once per test or module (the cache is keyed by corpus and tokenizer).
+    Tests of the cache itself use their own folder."""
+    return str(tmp_path_factory.mktemp("token-cache"))
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models: one intra-op thread (a second one only adds barriers, which stall

@@ -40,8 +40,8 @@ def _plant_evil(path: Path, marker: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tokens"))
+def cache(token_cache):
+    return token_cache
 
 
 def _cfg(cache: str) -> TrainConfig:
@@ -249,6 +249,7 @@ def test_step_past_the_end_is_refused(cache, tmp_path, monkeypatch, one_torch_th
     assert not (out / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_planted_pickle_in_a_run_folder_runs_nothing(cache, tmp_path, monkeypatch,
                                                     one_torch_thread):
     """Through `moescale train --out DIR` (a subprocess) and through a sweep worker's resume."""

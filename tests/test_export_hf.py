@@ -59,9 +59,10 @@ def _logits_agree(run_dir: Path, out: Path, spec: ModelSpec, moe: MoEConfig) -> 
     ],
     ids=["dense-llama", "moe-qwen2moe"],
 )
-def test_trained_run_exports_exactly(spec, train_kw, family, tmp_path, one_torch_thread):
+def test_trained_run_exports_exactly(spec, train_kw, family, tmp_path, one_torch_thread,
+                                     token_cache):
     run = tmp_path / "run"
-    cfg = TrainConfig(compute=3e8, seq_len=32, cache_dir=str(tmp_path / "cache"),
+    cfg = TrainConfig(compute=3e8, seq_len=32, cache_dir=token_cache,
                       learning_rate=3e-3, **train_kw)
     assert train(spec, cfg, run)["status"] == "completed"
     out = tmp_path / "hf"

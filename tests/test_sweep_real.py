@@ -67,6 +67,7 @@ def test_one_real_run_inline_then_skipped(tmp_path):
         assert again.skipped == [run.name] and time.perf_counter() - t0 < 5
 
 
+@pytest.mark.slow
 def test_sigkill_real_sweep_then_rerun(tmp_path):
     spec = _spec(tmp_path, budgets="3e9, 6e9", sizes="1.0, 2.0")
     store = tmp_path / "s.db"

@@ -22,8 +22,8 @@ def spec(tmp_path):
 
 
 @pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOESCALE_CACHE", str(tmp_path / "cache"))
+def cache(token_cache, monkeypatch):
+    monkeypatch.setenv("MOESCALE_CACHE", token_cache)
 
 
 def _one_line_error(captured, *needles):

@@ -19,6 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_process_gloo_matches_single_process(tmp_path):
     env = env_with(tmp_path / "cache")

@@ -35,6 +35,7 @@ def _kill_after_checkpoint(cmd, env, out, min_lines):
     assert not (out / "result.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_resume_is_bit_identical(tmp_path):
     env = env_with(tmp_path / "cache")

@@ -17,8 +17,8 @@ MOE = ModelSpec(name="tiny-moe", d_model=32, n_layers=2, n_heads=2, vocab_size=2
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tokens"))
+def cache(token_cache):
+    return token_cache
 
 
 @pytest.mark.parametrize("spec", [DENSE, MOE], ids=["dense", "moe"])
