@@ -77,6 +77,14 @@ FAMILIES: dict[str, dict] = {
                     "attention_chunk_size": 32, "num_hidden_layers": 8, "moe_layers": None},
     "phimoe": {"num_local_experts": 8, "num_experts_per_tok": 2, "attention_bias": True,
                "lm_head_bias": True, "sliding_window": 16},
+    "qwen3_next": {**MOE, "num_experts": 8, "shared_expert_intermediate_size": 48,
+                   "head_dim": 16, "linear_num_value_heads": 4, "linear_num_key_heads": 2,
+                   "linear_key_head_dim": 8, "linear_value_head_dim": 12,
+                   "num_hidden_layers": 8, "mlp_only_layers": [1], "attention_bias": True},
+    "jamba": {"num_experts": 4, "num_experts_per_tok": 2, "attn_layer_period": 3,
+              "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
+              "mamba_d_state": 8, "mamba_d_conv": 3, "mamba_expand": 2, "num_hidden_layers": 6,
+              "mamba_proj_bias": True},
     "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 3, "vocab_size": 128,
              "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0},
              "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
@@ -108,8 +116,8 @@ def test_roundtrip_counts_equal_meta_build(tmp_path, model_type):
     theirs = meta_param_groups(cfg)
     assert theirs["other"] == 0, theirs
     groups = ("embedding", "head", "attention", "norms", "dense_ffn", "router",
-              "routed_experts", "shared_experts")
-    assert {g: ours[g] for g in groups} == {g: theirs[g] for g in groups}
+              "routed_experts", "shared_experts", "mixer")
+    assert {g: ours.get(g, 0) for g in groups} == {g: theirs[g] for g in groups}
     assert ours["total"] == theirs["total"]
 
 
@@ -160,7 +168,9 @@ def test_kimi_k2_total(configs_dir):
 @pytest.mark.parametrize("change", [
     {"norm": "layer"}, {"norm_bias": True}, {"norms_per_layer": 4}, {"ffn_bias": True},
     {"head_bias": True}, {"nope_layers": (1,)}, {"qk_norm": "l2"},
-    {"sliding_window": 4, "local_attention": "chunked"},
+    {"sliding_window": 4, "local_attention": "chunked"}, {"attention_gate": True},
+    {"mixer": "mamba", "mixer_layers": (0,), "mixer_conv": 4, "mamba_d_inner": 64,
+     "mamba_d_state": 8, "mamba_dt_rank": 2},
 ])
 def test_pytorch_model_refuses_what_it_cannot_build(change):
     from moescale.errors import ConfigError
@@ -169,5 +179,49 @@ def test_pytorch_model_refuses_what_it_cannot_build(change):
 
     spec = ModelSpec(d_model=32, n_layers=2, n_heads=4, vocab_size=64, d_ffn=48, **change)
     name = next(iter(change)) if "local_attention" not in change else "local_attention"
+    name = "mixer" if "mixer" in change else name
     with pytest.raises(ConfigError, match=rf"{name}.*not supported by the PyTorch model"):
         Transformer(spec)
+
+
+def test_multimodal_wrapper_reads_and_verifies_its_text_config(tmp_path):
+    from moescale.spec.hf_meta import verify_spec
+
+    text = transformers.AutoConfig.for_model("llama4_text", **{
+        **SMALL, **FAMILIES["llama4_text"]}).to_dict()
+    cfg = transformers.AutoConfig.for_model("llama4", text_config=text)
+    cfg.save_pretrained(tmp_path)
+    spec = load_spec(tmp_path)
+    assert spec.extra["family"] == "llama4_text" and "vision encoder not counted" in (
+        spec.extra["note"])
+    check = verify_spec(spec, json.loads((tmp_path / "config.json").read_text()))
+    assert check["match"], check
+
+
+def test_hybrid_layouts_and_mixer_flops(tmp_path):
+    """Mixer placement from the saved configs, and the documented per-token mixer FLOPs
+    worked out by hand for these sizes (docs/conventions.md, mixer kinds)."""
+    from moescale.spec import flops_per_token
+
+    nxt = load_spec(_saved_path(tmp_path / "next", "qwen3_next"))
+    assert nxt.mixer_layers == (0, 1, 2, 4, 5, 6) and nxt.n_attention_layers == 2
+    assert nxt.moe_layers == (0, 2, 3, 4, 5, 6, 7) and nxt.attention_gate
+    jamba = load_spec(_saved_path(tmp_path / "jamba", "jamba"))
+    assert jamba.mixer_layers == (0, 2, 3, 5) and jamba.moe_layers == (1, 3, 5)
+    assert jamba.nope_layers == (1, 4) and jamba.mamba_dt_rank == 4  # ceil(64 / 16)
+    # One gated-DeltaNet layer, d = 64, n_k = 2, n_v = 4, d_k = 8, d_v = 12, kernel 4:
+    # projections 64·(16+16+48+48) + 64·8 + 48·64 = 11,776 weights -> 23,552 FLOPs;
+    # conv 2·4·(16+16+48) = 640; state 6·4·8·12 = 2,304.
+    gdn = 23_552 + 640 + 2_304
+    one = nxt.replace(mixer_layers=(0, 1, 2, 4, 5))  # layer 6 back to attention
+    diff = flops_per_token(nxt, training=False) - flops_per_token(one, training=False)
+    attn_proj = 2 * (64 * 128 + 2 * 64 * 32 + 64 * 64)  # q (with gate), k, v, o
+    attn_scores = 2 * 4096 * 4 * 16 * 2
+    assert diff == gdn - attn_proj - attn_scores
+    # One Mamba layer, d = 64, d_inner = 128, N = 8, dt_rank 4, kernel 3:
+    # in 64·256 + x 128·20 + dt 4·128 + out 128·64 = 27,648 weights -> 55,296 FLOPs;
+    # conv 2·3·128 = 768; scan 6·128·8 = 6,144.
+    mamba = 55_296 + 768 + 6_144
+    fewer = jamba.replace(mixer_layers=(0, 2, 3))  # layer 5 back to attention
+    diff = flops_per_token(jamba, training=False) - flops_per_token(fewer, training=False)
+    assert diff == mamba - 2 * (2 * 64 * 64 + 2 * 64 * 32) - 2 * 4096 * 4 * 16 * 2

@@ -8,8 +8,8 @@ spec option the accounting counts is built, so ``sum(p.numel())`` equals
 ``count_params(spec).total`` (plus the selection-bias buffers when the spec has them,
 see :meth:`Transformer.param_counts`). Not built (``ConfigError``): MLA, attention sinks
 and expert biases (gpt-oss), LayerNorm and norm/FFN/head biases, other than two norms
-per block, NoPE layers, chunked attention and parameter-free L2 QK-norm (imported HF
-families); the accounting still counts those specs.
+per block, NoPE layers, chunked attention, parameter-free L2 QK-norm, gated attention
+and hybrid mixer layers (imported HF families); the accounting still counts those specs.
 
 Conventions: weights ``N(0, init_std²)`` (0.006 as in [EL]), norm weights 1, biases 0;
 RMSNorm eps 1e-6 computed in fp32; partial RoPE rotates the first
@@ -200,6 +200,8 @@ class Transformer(nn.Module):
             (spec.local_attention != "sliding" and spec.sliding_window is not None,
              f"local_attention={spec.local_attention!r}"),
             (spec.qk_norm == "l2", "qk_norm='l2'"),
+            (spec.mixer != "none", f"mixer={spec.mixer!r} (hybrid mixer layers)"),
+            (spec.attention_gate, "attention_gate=True"),
         ):
             if flag:
                 raise ConfigError(

@@ -64,13 +64,16 @@ class ParamCounts:
     routed_experts_active: int
     shared_experts: int
     mtp: int = 0
+    mixer: int = 0
+    """Non-attention token mixers of a hybrid (gated DeltaNet, Mamba); absent from
+    :meth:`as_dict` when 0."""
 
     @property
     def non_embedding(self) -> int:
         """Total non-embedding parameters (N of [EL])."""
         return (
             self.attention + self.norms + self.dense_ffn + self.router
-            + self.routed_experts + self.shared_experts + self.mtp
+            + self.routed_experts + self.shared_experts + self.mtp + self.mixer
         )
 
     @property
@@ -91,6 +94,8 @@ class ParamCounts:
     def as_dict(self) -> dict[str, int]:
         """Groups and totals as a flat dict."""
         groups = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if not self.mixer:
+            del groups["mixer"]
         groups.update(
             total=self.total,
             active=self.active,
@@ -120,6 +125,8 @@ def _attention_params(s: ModelSpec) -> int:
         bias = (s.q_lora_rank or 0) + s.kv_lora_rank + s.qk_rope_head_dim if s.qkv_bias else 0
         return q + kv + o + bias + (d if s.o_bias else 0)
     n = d * nh * hd + 2 * d * nkv * hd + nh * hd * d
+    if s.attention_gate:  # the gate is a second half of q_proj, bias included
+        n += d * nh * hd + (nh * hd if s.qkv_bias else 0)
     if s.qkv_bias:
         n += nh * hd + 2 * nkv * hd
     if s.o_bias:
@@ -131,6 +138,50 @@ def _attention_params(s: ModelSpec) -> int:
     elif s.qk_norm == "full":
         n += nh * hd + nkv * hd
     return n
+
+
+def _mixer_params(s: ModelSpec) -> int:
+    """One non-attention token mixer (see ``docs/conventions.md``, mixer kinds)."""
+    d, k = s.d_model, s.mixer_conv
+    if s.mixer == "gated_deltanet":
+        kd = s.linear_key_heads * s.linear_key_dim
+        vd = s.linear_value_heads * s.linear_value_dim
+        nv = s.linear_value_heads
+        # in_proj_qkvz, in_proj_ba, depthwise conv over q/k/v, dt_bias + A_log,
+        # gated RMSNorm (value head width), out_proj
+        return (d * (2 * kd + 2 * vd) + d * 2 * nv + (2 * kd + vd) * k + 2 * nv
+                + s.linear_value_dim + vd * d)
+    if s.mixer == "mamba":
+        di, n, r = s.mamba_d_inner, s.mamba_d_state, s.mamba_dt_rank
+        total = (d * 2 * di + di * k + di * (r + 2 * n) + r * di + di  # in, conv, x, dt
+                 + di * n + di + di * d)  # A_log, D, out
+        if s.mamba_proj_bias:
+            total += 2 * di + d
+        if s.mamba_conv_bias:
+            total += di
+        if s.mamba_inner_norms:
+            total += r + 2 * n
+        return total
+    return 0
+
+
+def _mixer_flops(s: ModelSpec) -> int:
+    """Forward FLOPs per token of one mixer: 2 per projection weight, 2·kernel per
+    convolved channel, and the recurrent state: gated DeltaNet 6·n_v·d_k·d_v (read,
+    rank-1 update and readout of each head's d_k x d_v state); Mamba 6·d_inner·N
+    (state update h = Ā·h + B̄·x and readout y = C·h)."""
+    d, k = s.d_model, s.mixer_conv
+    if s.mixer == "gated_deltanet":
+        kd = s.linear_key_heads * s.linear_key_dim
+        vd = s.linear_value_heads * s.linear_value_dim
+        nv = s.linear_value_heads
+        proj = d * (2 * kd + 2 * vd) + d * 2 * nv + vd * d
+        return 2 * proj + 2 * k * (2 * kd + vd) + 6 * nv * s.linear_key_dim * s.linear_value_dim
+    if s.mixer == "mamba":
+        di, n, r = s.mamba_d_inner, s.mamba_d_state, s.mamba_dt_rank
+        proj = d * 2 * di + di * (r + 2 * n) + r * di + di * d
+        return 2 * proj + 2 * k * di + 6 * di * n
+    return 0
 
 
 def _mtp_params(s: ModelSpec) -> int:
@@ -209,7 +260,7 @@ def count_params(spec: ModelSpec, *, include_mtp: bool = False) -> ParamCounts:
     return ParamCounts(
         embedding=s.vocab_size * d,
         head=(0 if s.tie_embeddings else s.vocab_size * d) + (s.vocab_size if s.head_bias else 0),
-        attention=s.n_layers * _attention_params(s),
+        attention=s.n_attention_layers * _attention_params(s),
         norms=(s.norms_per_layer * s.n_layers + 1) * _norm_params(s),
         dense_ffn=s.n_dense_layer_count * _dense_ffn_params(s),
         router=n_moe * _router_params(s),
@@ -217,6 +268,7 @@ def count_params(spec: ModelSpec, *, include_mtp: bool = False) -> ParamCounts:
         routed_experts_active=n_moe * s.top_k * per_expert,
         shared_experts=n_moe * _shared_params(s),
         mtp=_mtp_params(s) if include_mtp else 0,
+        mixer=s.n_mixer_layers * _mixer_params(s),
     )
 
 
@@ -251,19 +303,20 @@ def _attention_flops(s: ModelSpec, ctx: int) -> tuple[int, int]:
         proj = 2 * (q + kv + nh * s.v_head_dim * d)
         d_qk, d_v = qk, s.v_head_dim
     else:
-        proj = 2 * (2 * d * nh * hd + 2 * d * nkv * hd)
+        proj = 2 * (2 * d * nh * hd + 2 * d * nkv * hd + (d * nh * hd if s.attention_gate else 0))
         d_qk = d_v = hd
     return proj, 2 * ctx * nh * d_qk + 2 * ctx * nh * d_v
 
 
 def _ling_forward(s: ModelSpec, seq_len: int) -> int:
-    """Σ_layers (attn_proj + attn_scores + ffn), forward, in closed form: layers are
-    grouped by kind (sliding or full attention; MoE or dense FFN) and each group's
+    """Σ_layers (mixer + ffn), forward, in closed form: layers are grouped by kind
+    (full, local or no attention; hybrid mixer; MoE or dense FFN) and each group's
     per-layer cost is multiplied by its size."""
     d = s.d_model
     n_slide = s.n_sliding_layers
+    n_att = s.n_attention_layers
     proj, full_scores = _attention_flops(s, seq_len)
-    total = s.n_layers * proj + (s.n_layers - n_slide) * full_scores
+    total = n_att * proj + (n_att - n_slide) * full_scores + s.n_mixer_layers * _mixer_flops(s)
     if n_slide:
         total += n_slide * _attention_flops(s, min(seq_len, s.sliding_window))[1]
     moe = 6 * d * (s.top_k * s.d_expert + s.n_shared_experts * s.d_shared)

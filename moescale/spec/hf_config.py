@@ -618,6 +618,61 @@ def _bailing(v2: bool) -> dict[str, Any]:
     return table
 
 
+def _qwen3_next_mixers(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Qwen3-Next: gated DeltaNet on ``linear_attention`` layers (default: all but every
+    ``full_attention_interval``-th), gated full attention on the others."""
+    n = out["n_layers"]
+    types = r.list("layer_types", n)
+    if types is None:
+        interval = r.int("full_attention_interval", 4)
+        linear = tuple(i for i in range(n) if (i + 1) % interval)
+    else:
+        bad = sorted({str(t) for t in types if t not in ("linear_attention", _FULL)})
+        if bad:
+            raise ConfigError(
+                f"{r._where('layer_types')} entries must be 'linear_attention' or "
+                f"{_FULL!r}; got {', '.join(map(repr, bad))}"
+            )
+        linear = tuple(i for i, t in enumerate(types) if t == "linear_attention")
+    if not linear:
+        return {}
+    return {
+        "mixer": "gated_deltanet", "mixer_layers": linear,
+        "mixer_conv": r.int("linear_conv_kernel_dim", 4),
+        "linear_key_heads": r.int("linear_num_key_heads", 16),
+        "linear_value_heads": r.int("linear_num_value_heads", 32),
+        "linear_key_dim": r.int("linear_key_head_dim", 128),
+        "linear_value_dim": r.int("linear_value_head_dim", 128),
+    }
+
+
+def _jamba(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Jamba: attention iff i % attn_layer_period == attn_layer_offset (no positional
+    encoding), Mamba elsewhere; MoE iff i % expert_layer_period == expert_layer_offset."""
+    n, d = out["n_layers"], out["d_model"]
+    fields = _routed(("num_experts",), "intermediate_size")(r, out)
+    e_period, e_offset = r.int("expert_layer_period", 2), r.int("expert_layer_offset", 1, low=0)
+    moe = set(range(e_offset, n, e_period))
+    _no_empty_moe(r, moe, n, f"'expert_layer_period' ({e_period}) / 'expert_layer_offset' "
+                             f"({e_offset})")
+    fields.update(_moe_layout(moe, n))
+    fields["d_ffn"] = r.int("intermediate_size")
+    a_period, a_offset = r.int("attn_layer_period", 8), r.int("attn_layer_offset", 4, low=0)
+    attention = set(range(a_offset, n, a_period))
+    mamba = tuple(i for i in range(n) if i not in attention)
+    rank = r.cfg.get("mamba_dt_rank", "auto")
+    rank = -(-d // 16) if rank in ("auto", None) else r.int("mamba_dt_rank")
+    fields["nope_layers"] = tuple(sorted(attention)) or None
+    if mamba:
+        fields.update(
+            mixer="mamba", mixer_layers=mamba, mixer_conv=r.int("mamba_d_conv", 4),
+            mamba_d_inner=r.int("mamba_expand", 2) * d, mamba_d_state=r.int("mamba_d_state", 16),
+            mamba_dt_rank=rank, mamba_proj_bias=r.bool("mamba_proj_bias", False),
+            mamba_conv_bias=r.bool("mamba_conv_bias", True), mamba_inner_norms=True,
+        )
+    return fields
+
+
 def _dbrx(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     """DBRX keeps attention and FFN settings in nested ``attn_config`` / ``ffn_config``."""
     attn = r.cfg.get("attn_config") or {}
@@ -767,6 +822,16 @@ _FAMILIES: dict[str, dict[str, Any]] = {
         "norm": "layer", "norm_bias": True, "head_bias": _bool("lm_head_bias", False),
         **_attn_bias(), "*window": _sliding(_every_layer, default=None)},
     "dbrx": {"*dbrx": _dbrx},
+    # ---- hybrids
+    "qwen3_next": {
+        **_base(head_dim=_head_dim(256)),
+        "*routed": _routed(("num_experts", "num_local_experts"), "moe_intermediate_size"),
+        "*layout": _qwen_moe_layout,
+        "*shared": _shared_width("shared_expert_intermediate_size", default=512),
+        "shared_expert_gate": lambda r, o: o["n_shared_experts"] > 0,
+        "qk_norm": "head", "attention_gate": True, **_attn_bias(), "d_ffn": _dense_ffn(),
+        "rope_fraction": _partial_rope(0.25), "*mixers": _qwen3_next_mixers},
+    "jamba": {**_BASE, "*jamba": _jamba},
 }
 
 # Multimodal wrappers whose language model is a supported family in ``text_config``.
@@ -786,9 +851,8 @@ REFUSED_MODEL_TYPES: dict[str, str] = {
     "jetmoe": "attention experts (mixture of attention heads) are not part of ModelSpec",
     "longcat_flash": "zero-computation experts and two attention blocks per layer are not "
                      "part of ModelSpec",
-    "qwen3_next": "gated DeltaNet linear-attention mixer layers are not part of ModelSpec",
-    "jamba": "Mamba mixer layers are not part of ModelSpec",
-    "nemotron_h": "Mamba-2 mixer layers and single-sublayer blocks are not part of ModelSpec",
+    "nemotron_h": "Mamba-2 mixers and single-sublayer blocks (mixer or MLP, not both) are not "
+                  "part of ModelSpec",
     "minimax": "lightning (linear) attention mixer layers are not part of ModelSpec",
     "granitemoehybrid": "Mamba-2 mixer layers are not part of ModelSpec",
     "falcon_h1": "parallel Mamba-2 mixers are not part of ModelSpec",

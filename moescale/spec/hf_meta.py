@@ -9,8 +9,9 @@ transformers does not know are resolved through ``architectures[0]``.
 
 Groups follow :class:`~moescale.spec.accounting.ParamCounts` and are assigned from
 parameter names (``embed_tokens`` -> embedding, ``lm_head`` -> head, ``self_attn`` ->
-attention, ``*norm*`` -> norms, ``experts`` -> routed_experts, ``shared_expert*`` ->
-shared_experts, ``gate``/``router`` -> router, other MLP weights -> dense_ffn); names
+attention, ``mamba``/``linear_attn``/``mixer`` -> mixer, ``*norm*`` -> norms,
+``experts`` -> routed_experts, ``shared_expert*`` -> shared_experts, ``gate``/``router``
+-> router, other MLP weights -> dense_ffn); names
 that fit none land in ``other``. Selection-bias buffers (``e_score_correction_bias``)
 are counted with the router, as the checkpoints store them.
 """
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 COMPARED_GROUPS = ("embedding", "head", "attention", "norms", "dense_ffn", "router",
-                   "routed_experts", "shared_experts")
+                   "routed_experts", "shared_experts", "mixer")
 """Groups both moescale and the meta build report (MTP blocks are never built by
 transformers, so ``mtp`` is not compared)."""
 GROUPS = (*COMPARED_GROUPS, "other")
@@ -41,6 +42,7 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("embedding", re.compile(r"(embed_tokens|\bwte|word_embeddings|tok_embeddings)\.")),
     ("shared_experts", re.compile(r"shared_expert|shared_mlp")),
     ("routed_experts", re.compile(r"\.experts\.")),
+    ("mixer", re.compile(r"\.(mamba|linear_attn|mixer)\.")),
     ("router", re.compile(r"\.(gate|router)\.|e_score_correction_bias")),
     ("attention", re.compile(r"\.(self_attn|self_attention|attn|attention)\.")),
     ("norms", re.compile(r"norm|\.ln_")),
@@ -188,7 +190,7 @@ def verify_spec(spec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         cfg = {**cfg["text_config"], "model_type": family}
     ours = count_params(spec).as_dict()
     theirs = meta_param_groups(cfg)
-    rows = {g: {"moescale": ours[g], "transformers": theirs[g]} for g in COMPARED_GROUPS}
+    rows = {g: {"moescale": ours.get(g, 0), "transformers": theirs[g]} for g in COMPARED_GROUPS}
     rows["other"] = {"moescale": 0, "transformers": theirs["other"]}
     rows["total"] = {"moescale": ours["total"], "transformers": theirs["total"]}
     differ = [g for g, r in rows.items() if r["moescale"] != r["transformers"]]

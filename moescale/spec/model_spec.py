@@ -47,6 +47,7 @@ AttentionKind = Literal["gqa", "mla"]
 QKNorm = Literal["none", "head", "full", "l2"]
 NormKind = Literal["rms", "layer"]
 LocalAttention = Literal["sliding", "chunked"]
+MixerKind = Literal["none", "gated_deltanet", "mamba"]
 
 
 def _count_multiples(k: int, start: int, stop: int) -> int:
@@ -173,6 +174,40 @@ class ModelSpec:
     head_bias: bool = False
     """Bias on the output head (PhiMoE ``lm_head_bias``, ERNIE 4.5 ``use_bias``)."""
 
+    attention_gate: bool = False
+    """Output gate on attention: ``q_proj`` also produces a sigmoid gate per channel
+    (Qwen3-Next): + d·n_h·head_dim weights and 2·d·n_h·head_dim FLOPs per token."""
+
+    mixer: MixerKind = "none"
+    """Token mixer of the ``mixer_layers`` in a hybrid (the other blocks use attention):
+    ``gated_deltanet`` (linear attention, Qwen3-Next) or ``mamba`` (selective SSM, Jamba).
+    Parameters are exact; FLOPs follow ``docs/conventions.md`` (mixer kinds)."""
+    mixer_layers: tuple[int, ...] | None = None
+    """0-based indices of the blocks whose token mixer is ``mixer`` instead of attention."""
+    mixer_conv: int = 0
+    """Depthwise causal convolution width of the mixer (``linear_conv_kernel_dim``,
+    ``mamba_d_conv``)."""
+    linear_key_heads: int = 0
+    """Gated DeltaNet: key (and query) heads."""
+    linear_value_heads: int = 0
+    """Gated DeltaNet: value heads (each keeps a key_dim x value_dim state)."""
+    linear_key_dim: int = 0
+    """Gated DeltaNet: per-head key dims."""
+    linear_value_dim: int = 0
+    """Gated DeltaNet: per-head value dims."""
+    mamba_d_inner: int = 0
+    """Mamba: inner width (``mamba_expand`` · d)."""
+    mamba_d_state: int = 0
+    """Mamba: SSM state size N per channel."""
+    mamba_dt_rank: int = 0
+    """Mamba: rank of the Δ projection."""
+    mamba_proj_bias: bool = False
+    """Mamba: biases on in_proj and out_proj."""
+    mamba_conv_bias: bool = True
+    """Mamba: bias on the depthwise convolution."""
+    mamba_inner_norms: bool = False
+    """Mamba: RMSNorms on Δ, B and C (Jamba): dt_rank + 2·d_state weights."""
+
     n_mtp_layers: int = 0
     """Multi-token-prediction blocks (DeepSeek-V3, Ling 2.0). Excluded from every count
     unless a function is asked to include them explicitly."""
@@ -186,7 +221,7 @@ class ModelSpec:
             check_range(name, getattr(self, name), low=1, integer=True)
         check_range("n_layers", self.n_layers, low=1, high=MAX_LAYERS, integer=True)
         self._check_types()
-        for name in ("moe_layers", "sliding_layers", "nope_layers"):
+        for name in ("moe_layers", "sliding_layers", "nope_layers", "mixer_layers"):
             self._normalise_layer_list(name)
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
@@ -201,6 +236,7 @@ class ModelSpec:
             ("qk_norm", ("none", "head", "full", "l2")),
             ("norm", ("rms", "layer")),
             ("local_attention", ("sliding", "chunked")),
+            ("mixer", ("none", "gated_deltanet", "mamba")),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -277,6 +313,7 @@ class ModelSpec:
         if self.sliding_window is not None:
             check_range("sliding_window", self.sliding_window, low=1, integer=True)
         check_range("sliding_every", self.sliding_every, low=0, integer=True)
+        self._check_mixer()
         if self.attention == "mla":
             check_range("kv_lora_rank", self.kv_lora_rank, low=1, integer=True)
             check_range("qk_rope_head_dim", self.qk_rope_head_dim, low=0, integer=True)
@@ -286,6 +323,30 @@ class ModelSpec:
                 raise ConfigError("MLA needs qk_nope_head_dim + qk_rope_head_dim >= 1; got 0")
             if self.q_lora_rank is not None:
                 check_range("q_lora_rank", self.q_lora_rank, low=1, integer=True)
+
+    def _check_mixer(self) -> None:
+        """A hybrid names its mixer layers and the sizes its mixer kind needs."""
+        dims = {
+            "gated_deltanet": ("mixer_conv", "linear_key_heads", "linear_value_heads",
+                               "linear_key_dim", "linear_value_dim"),
+            "mamba": ("mixer_conv", "mamba_d_inner", "mamba_d_state", "mamba_dt_rank"),
+        }
+        if self.mixer == "none":
+            if self.mixer_layers:
+                raise ConfigError(
+                    f"'mixer_layers' needs a 'mixer' kind; got mixer='none' and "
+                    f"mixer_layers={list(self.mixer_layers)}"
+                )
+            return
+        if not self.mixer_layers:
+            raise ConfigError(f"mixer={self.mixer!r} needs a non-empty 'mixer_layers'")
+        for name in dims[self.mixer]:
+            check_range(name, getattr(self, name), low=1, integer=True)
+        if self.sliding_window is not None:
+            raise ConfigError(
+                "a hybrid spec (mixer layers) with a sliding window is not supported; got "
+                f"sliding_window={self.sliding_window}"
+            )
 
     def _check_types(self) -> None:
         """Flags must be booleans and labels strings (TOML makes other types easy to write)."""
@@ -347,6 +408,20 @@ class ModelSpec:
         if self.moe_layers is not None:
             return len(self.moe_layers)
         return _count_multiples(self.moe_every, self.n_dense_layers, self.n_layers)
+
+    def is_mixer_layer(self, i: int) -> bool:
+        """Whether block ``i`` mixes tokens with ``mixer`` instead of attention."""
+        return self.mixer_layers is not None and i in self.mixer_layers
+
+    @property
+    def n_mixer_layers(self) -> int:
+        """Number of blocks with a non-attention token mixer."""
+        return len(self.mixer_layers) if self.mixer_layers else 0
+
+    @property
+    def n_attention_layers(self) -> int:
+        """Number of blocks with attention (all of them unless the spec is a hybrid)."""
+        return self.n_layers - self.n_mixer_layers
 
     @property
     def n_sliding_layers(self) -> int:
