@@ -41,6 +41,17 @@ def fail(message: str, code: int = USER_ERROR) -> None:
     sys.exit(code)
 
 
+def _given(argv: list[str], opts: list[str]) -> str | None:
+    """The text given for an option (``--opt VALUE`` or ``--opt=VALUE``), if any."""
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if opt.startswith("--") and arg.startswith(opt + "="):
+                return arg[len(opt) + 1:]
+    return None
+
+
 def run_app(app: Any, argv: list[str] | None = None) -> None:
     """Run the typer ``app``: the one error path of every command.
 
@@ -71,7 +82,11 @@ def run_app(app: Any, argv: list[str] | None = None) -> None:
         sys.exit(USER_ERROR)
     except cx.UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        fail(exc.format_message() + where, exc.exit_code)
+        got = ""
+        if isinstance(exc, cx.BadParameter) and exc.param is not None:
+            value = _given(sys.argv[1:] if argv is None else argv, exc.param.opts)
+            got = "" if value is None else f"; got {value!r}"
+        fail(exc.format_message() + got + where, exc.exit_code)
     except cx.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
     except typer.Abort:

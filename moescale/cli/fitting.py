@@ -188,8 +188,9 @@ def leverage_cmd(
         "budget-minima", "--frontier-points",
         help="Power-law frontier through budget-minima (the lowest-loss dense run at each "
         "compute budget, [EL]) or all dense runs (off-optimal ladder sizes too)."),
-    loss_column: str = typer.Option("loss_validation", "--loss-column",
-                                    help="Clark file only: which loss column."),
+    loss_column: str | None = typer.Option(
+        None, "--loss-column", help="Clark file only: which loss_* column (default "
+        "loss_validation); refused for other files."),
     per_point: bool = typer.Option(False, "--per-point", help="EL for every curve point."),
     crossover_by: str = typer.Option(
         None, "--crossover-by", help="Comma-separated columns defining a configuration: fit "

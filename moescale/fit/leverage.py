@@ -432,6 +432,10 @@ def fit_el_separable(
     groups with too few distinct values are skipped.
     """
     frame = _el_frame(measured, exclude_extrapolated)
+    if by is not None and by not in frame.columns:
+        cols = [c for c in frame.columns if c not in ("run", "el")]
+        raise ConfigError(f"'by' must be a column of the measured EL table ({', '.join(cols)}); "
+                          f"got {by!r}")
     groups = [(None, frame)] if by is None else list(frame.groupby(by, sort=True))
     rows = []
     for key, grp in groups:
@@ -451,7 +455,7 @@ def fit_el_separable(
 
 
 def load_measured_el(
-    source: str | Any, frontier: str = "power-law", *, loss_column: str = "loss_validation",
+    source: str | Any, frontier: str = "power-law", *, loss_column: str | None = None,
     per_point: bool = False, frontier_points: str = "budget-minima",
 ) -> pd.DataFrame:
     """Measured EL from a path or RunTable: a table with an ``el`` column is used as is,
@@ -497,6 +501,16 @@ def el_fit_report(
 
     if form not in ("joint", "A", "G", "C"):
         raise ConfigError(f"'form' must be one of ['joint', 'A', 'G', 'C']; got {form!r}")
+    # options of the other form are refused, never ignored
+    if form == "joint" and by is not None:
+        raise ConfigError(f"'by' applies to the separable forms A, G, C only; got by={by!r} "
+                          "with form 'joint'")
+    if form != "joint":
+        for name, value in (("heldout_compute", heldout_compute),
+                            ("use_granularity", use_granularity)):
+            if value is not None:
+                raise ConfigError(f"{name!r} applies to form 'joint' only; got {value!r} "
+                                  f"with form {form!r}")
     frame = _el_frame(measured, exclude_extrapolated)
     out: dict[str, Any] = {"form": form}
     if form == "joint":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moescale.errors import DataError
+from moescale.errors import ConfigError, DataError
 from moescale.paths import connect_readonly
 
 __all__ = [
@@ -195,6 +195,12 @@ class RunTable:
         df.loc[dense & np.isnan(ar), "activation_ratio"] = 1.0
         validate_positive(df, ("compute", "loss"), where=source)
         validate_positive(df, POSITIVE_COLUMNS, where=source, allow_nan=True)
+        ar = df["activation_ratio"].to_numpy(dtype=float)
+        if np.any(ar > 1):
+            i = int(np.flatnonzero(ar > 1)[0])
+            raise DataError(f"{source}: column 'activation_ratio' (A = E_a/E, routed experts "
+                            f"only) must be in (0, 1]; got {float(ar[i])!r} at row {i} "
+                            f"(run {df['run'].iloc[i]!r})")
         ordered = list(RUN_COLUMNS) + [c for c in df.columns if c not in RUN_COLUMNS]
         df = df[ordered]
         if curves is not None:
@@ -316,18 +322,23 @@ def is_chinchilla_frame(frame: pd.DataFrame) -> bool:
     return all(c in frame.columns for c in _CHINCHILLA_SIGNATURE)
 
 
-def read_runs(path: str | Path, *, loss_column: str = "loss_validation") -> RunTable:
+def read_runs(path: str | Path, *, loss_column: str | None = None) -> RunTable:
     """Read runs from any supported file, detected by content.
 
     SQLite (16-byte header ``SQLite format 3\\0``) → :func:`read_store`; Parquet
     (``PAR1``) or CSV → the Clark or Chinchilla adapter if the columns match
     (:func:`is_clark_frame`, :func:`is_chinchilla_frame`), else a run table with its
-    curves from ``<stem>_curves.<ext>`` if present. ``loss_column``: Clark file only.
+    curves from ``<stem>_curves.<ext>`` if present. ``loss_column``: Clark file only
+    (one of its ``loss_*`` columns, default ``loss_validation``); given for any other
+    file it is a :class:`ConfigError`, never silently ignored.
     """
     path = Path(path)
     head = _sniff(path)
-    if head.startswith(_SQLITE_MAGIC):
+    if head.startswith(_SQLITE_MAGIC) and loss_column is None:
         return read_store(path)
+    if head.startswith(_SQLITE_MAGIC):
+        raise ConfigError(f"'loss_column' applies to Clark run files only; {path} is a run "
+                          f"store (got {loss_column!r})")
     if head.startswith(_PARQUET_MAGIC):
         try:
             frame = pd.read_parquet(path)
@@ -336,7 +347,11 @@ def read_runs(path: str | Path, *, loss_column: str = "loss_validation") -> RunT
     else:
         frame = _read_csv(path)
     if is_clark_frame(frame):
-        return _clark_from_frame(frame, loss_column=loss_column, source=str(path))
+        return _clark_from_frame(frame, loss_column=loss_column or "loss_validation",
+                                 source=str(path))
+    if loss_column is not None:
+        raise ConfigError(f"'loss_column' applies to Clark run files only; {path} is not one "
+                          f"(got {loss_column!r})")
     if is_chinchilla_frame(frame):
         return _chinchilla_from_frame(frame, source=str(path))
     curves = None
@@ -452,7 +467,7 @@ def _clark_from_frame(frame: pd.DataFrame, *, loss_column: str, source: str) -> 
     missing = [c for c in need if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: not the Clark run file; missing column(s) {missing}")
-    if loss_column not in frame.columns:
+    if loss_column not in frame.columns or not loss_column.startswith("loss_"):
         losses = [c for c in frame.columns if c.startswith("loss_")]
         raise DataError(f"{source}: 'loss_column' must be one of {losses}; got {loss_column!r}")
     df = frame.copy()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from moescale.errors import ConfigError
+from moescale.errors import ConfigError, check_range
 from moescale.laws import forms
 from moescale.laws.base import (
     Coefficients,
@@ -197,11 +197,13 @@ class JointLaw(Law):
         if params is None or experts is None:
             raise ConfigError("'params' (N_act incl. embeddings) and 'experts' are required "
                               "for the joint law")
+        check_range("experts", experts, low=1, integer=True)
         return {"params": params, "tokens": tokens, "experts": experts}
 
     def optimum(self, compute: float, *, experts: float | None = None) -> dict:
         if experts is None:
             raise ConfigError("'experts' is required for the joint optimum")
+        check_range("experts", experts, low=1, integer=True)
         N, D = self.compute_optimal(compute, experts)
         return {"compute": compute, "experts": float(experts), "active_params": float(N),
                 "tokens": float(D), "loss": self.optimal_loss(compute, experts),

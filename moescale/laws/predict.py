@@ -7,6 +7,8 @@ tokens, and returns one JSON-ready dict (the CLI prints it). Inputs from a spec 
 
 from __future__ import annotations
 
+from typing import Any
+
 from moescale.errors import ConfigError
 from moescale.laws.base import LossLaw, check_positive
 from moescale.laws.el import ELLaw
@@ -130,6 +132,14 @@ def _loss_law(name: str) -> LossLaw:
     return get_law(name)
 
 
+def _refuse_unused(law: LossLaw, used: Any, **given: float | None) -> None:
+    """An option the law does not take is an error, never silently ignored."""
+    for name, value in given.items():
+        if value is not None and name not in used:
+            raise ConfigError(f"{name!r} does not apply to law {law.name!r} (its inputs: "
+                              f"{', '.join(used)}); got {value!r}")
+
+
 def loss_inputs(
     law: LossLaw,
     tokens: float,
@@ -142,8 +152,10 @@ def loss_inputs(
     """The law's ordered inputs ``{"params", "tokens", ...}`` and notes, from a spec or numbers."""
     D = float(check_positive("tokens", tokens))
     if spec is None:
-        return law.inputs_from_args(params, D, granularity_fg=granularity_fg,
-                                    experts=experts), []
+        inputs = law.inputs_from_args(params, D, granularity_fg=granularity_fg,
+                                      experts=experts)
+        _refuse_unused(law, inputs, granularity_fg=granularity_fg, experts=experts)
+        return inputs, []
     if params is not None or granularity_fg is not None or experts is not None:
         raise ConfigError("give either a config or --params/--granularity-fg/--experts, not both")
     return law.inputs_from_spec(spec, D)
@@ -187,5 +199,6 @@ def predict_optimum(law: str, C: float, *, experts: float | None = None) -> dict
     """Compute-optimal allocation of a loss law at budget C (its own FLOPs convention)."""
     obj = _loss_law(law)
     rec = obj.optimum(float(check_positive("compute", C)), experts=experts)
+    _refuse_unused(obj, [k for k in ("compute", "experts") if k in rec], experts=experts)
     rec.update(law=obj.name, provenance=obj.provenance.as_dict())
     return rec

@@ -309,6 +309,11 @@ class ModelSpec:
             if self.d_shared is None:
                 object.__setattr__(self, "d_shared", 0)
         if self.n_dense_layer_count > 0:
+            if self.d_ffn == 0:  # the default: the field was not given
+                what = ("a dense spec (n_experts = 0)" if not self.is_moe else
+                        f"the {self.n_dense_layer_count} dense layer(s) (n_dense_layers)")
+                raise ConfigError(f"'d_ffn' (FFN width, an int >= 1) is required for {what}; "
+                                  "it is missing (or 0)")
             check_range("d_ffn", self.d_ffn, low=1, integer=True)
         if self.sliding_window is not None:
             check_range("sliding_window", self.sliding_window, low=1, integer=True)

@@ -121,7 +121,8 @@ def runtime_settings(
         torch.use_deterministic_algorithms(True, warn_only=True)
     compile_ = config.compile if config.compile is not None else _auto_compile(cuda, moe, plan)
     if config.fsdp and not cuda:
-        raise ConfigError("'fsdp' needs CUDA devices; on CPU the default DDP is used")
+        raise ConfigError(f"'fsdp' needs CUDA devices; got device {str(ctx.device)!r} "
+                          "(without --fsdp, CPU runs use DDP)")
     return Runtime(str(ctx.device), threads, autocast, bool(compile_), deterministic, config.fsdp)
 
 
