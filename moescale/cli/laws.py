@@ -83,32 +83,37 @@ _SEQ = typer.Option(4096, "--seq-len", help="Sequence length s of Ling's M (with
 _JSON = typer.Option(False, "--json", help="Print one JSON object.")
 
 
-def _predict_el(activation_ratio, granularity, compute, config, tokens, seq_len, law):
-    """Resolve (A, G, C, D) from flags or a config, predict EL, warn on range; shared by
-    ``predict el`` and ``predict dense-equivalent``."""
-    from moescale.laws.predict import predict_el
+def _el_command(show):
+    """A command with the shared EL flags: resolve (A, G, C, D) from flags or a config,
+    predict EL, warn on range, then ``show(A, G, C, rec, as_json)``; used by ``predict el``
+    and ``predict dense-equivalent``."""
 
-    A, G, C, D, inputs = _resolve_el(activation_ratio, granularity, compute, config, tokens,
-                                     seq_len)
-    rec = predict_el(A, G, C, law=law, tokens=D, inputs=inputs)
-    _warn_record(rec)
-    return A, G, C, rec
+    def command(
+        activation_ratio: str | None = _A,
+        granularity: str | None = _G,
+        compute: str | None = _C,
+        config: Path | None = _CONFIG,
+        tokens: str | None = _TOKENS,
+        seq_len: int = _SEQ,
+        law: str = typer.Option("ling2025", "--law", help=_LAW_HELP),
+        as_json: bool = _JSON,
+    ) -> None:
+        from moescale.laws.predict import predict_el
+
+        A, G, C, D, inputs = _resolve_el(activation_ratio, granularity, compute, config, tokens,
+                                         seq_len)
+        rec = predict_el(A, G, C, law=law, tokens=D, inputs=inputs)
+        _warn_record(rec)
+        show(A, G, C, rec, as_json)
+
+    command.__name__, command.__doc__ = show.__name__, show.__doc__
+    return command
 
 
 @predict_app.command("el")
-def el_cmd(
-    activation_ratio: str | None = _A,
-    granularity: str | None = _G,
-    compute: str | None = _C,
-    config: Path | None = _CONFIG,
-    tokens: str | None = _TOKENS,
-    seq_len: int = _SEQ,
-    law: str = typer.Option("ling2025", "--law", help=_LAW_HELP),
-    as_json: bool = _JSON,
-) -> None:
+@_el_command
+def el_cmd(A: float, G: float, C: float, rec: dict, as_json: bool) -> None:
     """Efficiency Leverage of an MoE ([EL] Eq. 13) and its equivalent dense model."""
-    A, G, C, rec = _predict_el(activation_ratio, granularity, compute, config, tokens,
-                               seq_len, law)
     if as_json:
         print_json(rec)
         return
@@ -130,19 +135,9 @@ def el_cmd(
 
 
 @predict_app.command("dense-equivalent")
-def dense_equivalent_cmd(
-    activation_ratio: str | None = _A,
-    granularity: str | None = _G,
-    compute: str | None = _C,
-    config: Path | None = _CONFIG,
-    tokens: str | None = _TOKENS,
-    seq_len: int = _SEQ,
-    law: str = typer.Option("ling2025", "--law", help=_LAW_HELP),
-    as_json: bool = _JSON,
-) -> None:
+@_el_command
+def dense_equivalent_cmd(A: float, G: float, C: float, rec: dict, as_json: bool) -> None:
     """The dense model an MoE matches: compute C x EL, and its size at the same tokens."""
-    _, _, _, rec = _predict_el(activation_ratio, granularity, compute, config, tokens,
-                               seq_len, law)
     eq = {**rec["dense_equivalent"], "in_fitted_range": rec["in_fitted_range"]}
     if as_json:
         print_json(eq)

@@ -11,7 +11,8 @@ import typer
 from moescale.cli.common import console, kv_table, parse_float, print_json
 from moescale.laws.hparams import HyperparameterLaw
 
-_EQ3 = HyperparameterLaw.published()
+_EQ3_LR, _EQ3_B = (HyperparameterLaw.published().power_law(q).formula()
+                   for q in ("learning_rate", "batch_tokens"))
 _MAIN = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints
 
 
@@ -21,10 +22,10 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder (re-running resumes it)."),
     seq_len: int = typer.Option(None, "--seq-len", help="Sequence length s (default 256)."),
     lr: str = typer.Option(None, "--lr", help="Peak LR (default [EL] Eq. 3: "
-                           f"{_EQ3.learning_rate_law.formula()})."),
+                           f"{_EQ3_LR})."),
     batch_tokens: int = typer.Option(
         None, "--batch-tokens",
-        help=f"Global batch in tokens (default [EL] Eq. 3: {_EQ3.batch_law.formula()}).",
+        help=f"Global batch in tokens (default [EL] Eq. 3: {_EQ3_B}).",
     ),
     micro_batch: int = typer.Option(None, "--micro-batch", help="Sequences per micro-batch."),
     schedule: str = typer.Option(None, "--schedule", help="wsd (default) or cosine."),

@@ -15,16 +15,18 @@ derived, ``M`` missing (not published or not retrieved), ``F`` fitted by the use
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeVar
 
-import numpy as np
-from numpy.typing import ArrayLike
-
 from moescale.errors import ConfigError
+from moescale.laws.numeric import (
+    as_scalar_or_array,
+    check_positive,
+    finite_params,
+    format_number,
+)
 
 __all__ = [
     "Provenance",
@@ -154,6 +156,19 @@ class FittedRange:
     note: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    @classmethod
+    def of(cls, *, unknown: tuple[str, ...] = (), note: str = "",
+           **variables: tuple) -> FittedRange:
+        """``FittedRange.of(N=(low, high, source[, label]), ...)``, one tuple per input.
+
+        >>> FittedRange.of(N=(1.0, 2.0, "a table")).check(N=3.0).inside
+        False
+        """
+        return cls(variables=tuple((name, Interval(low=v[0], high=v[1], source=v[2],
+                                                   label=v[3] if len(v) > 3 else ""))
+                                   for name, v in variables.items()),
+                   unknown=tuple(unknown), note=note)
+
     def interval(self, name: str) -> Interval | None:
         for key, iv in self.variables:
             if key == name:
@@ -188,56 +203,6 @@ class FittedRange:
         }
 
 
-def finite_params(obj: object, names: tuple[str, ...]) -> dict[str, float]:
-    """``{name: float}`` for the named attributes of ``obj`` (a coefficient set).
-
-    Raises :class:`ConfigError` naming the first attribute that is not a finite number,
-    so every coefficient dataclass validates itself and exposes its form's kwargs alike.
-    """
-    out = {}
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"{name!r} must be a finite number; got {v!r}")
-        out[name] = float(v)
-    return out
-
-
-def as_scalar_or_array(x: np.ndarray) -> float | np.ndarray:
-    """A 0-d result as a Python float, anything else unchanged."""
-    x = np.asarray(x, dtype=float)
-    return float(x) if x.ndim == 0 else x
-
-
-def check_positive(
-    name: str, value: ArrayLike, *, high: float | None = None, high_inclusive: bool = True
-) -> np.ndarray:
-    """Validate that every element of ``value`` is a finite number in ``(0, high]``.
-
-    Raises :class:`ConfigError` naming the input, the allowed range and the first bad value.
-    """
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name!r} must be a number; got {value!r}") from None
-    flat = arr.reshape(-1)
-    close = "]" if high_inclusive else ")"
-    interval = "(0, inf)" if high is None else f"(0, {high:g}{close}"
-    for v in flat:
-        bad = not math.isfinite(v) or v <= 0
-        if not bad and high is not None:
-            bad = v > high if high_inclusive else v >= high
-        if bad:
-            shown = v if arr.ndim == 0 else f"{v} (in an array)"
-            raise ConfigError(f"{name!r} must be a number in {interval}; got {shown}")
-    return arr
-
-
-def format_number(x: float) -> str:
-    """Shortest text that reads back as ``x`` (``repr``), exponent without ``+``."""
-    return repr(float(x)).replace("e+", "e")
-
-
 _C = TypeVar("_C", bound="Coefficients")
 
 
@@ -245,29 +210,46 @@ _C = TypeVar("_C", bound="Coefficients")
 class Coefficients:
     """A coefficient set of one law form: finite numbers, provenance, fitted range.
 
-    A subclass declares its numbers as fields, lists the form's keyword arguments in
-    ``NAMES`` and may add constraints in :meth:`validate`; its published sets are
-    registered once with :meth:`register` and read back with :meth:`published`.
+    A subclass declares its numbers as ``float`` fields (they are the form's keyword
+    arguments, :meth:`params`) and may add constraints (:attr:`POSITIVE`, :attr:`ORDERED`,
+    :meth:`validate`); its published sets are registered once with :meth:`register` and
+    read back with :meth:`published`.
     """
 
     provenance: Provenance = USER_FIT
     fitted_range: FittedRange = field(default_factory=FittedRange)
 
-    NAMES: ClassVar[tuple[str, ...]] = ()
-    """The numbers of the set, i.e. the form's keyword arguments (:meth:`params`)."""
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
+    """Numbers that must be > 0."""
+    ORDERED: ClassVar[tuple[str, str] | None] = None
+    """``(low, high)``: two numbers with ``0 < low < high`` (e.g. A_start < A_max)."""
     SETS: ClassVar[Mapping[str, Coefficients]] = MappingProxyType({})
     DEFAULT: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        finite_params(self, self.NAMES)
+        values = self.params()
+        for name in self.POSITIVE:
+            if values[name] <= 0:
+                raise ConfigError(f"{name!r} must be > 0; got {values[name]}")
+        if self.ORDERED:
+            low, high = self.ORDERED
+            if not 0 < values[low] < values[high]:
+                raise ConfigError(f"{low!r} must be in (0, {high}={values[high]:g}); "
+                                  f"got {values[low]!r}")
         self.validate()
 
     def validate(self) -> None:
-        """Constraints beyond finiteness; raise :class:`ConfigError` naming the field."""
+        """Constraints beyond :attr:`POSITIVE` and :attr:`ORDERED`; raise ConfigError."""
 
     def params(self) -> dict[str, float]:
-        """``{name: value}`` of :attr:`NAMES` (the form's keyword arguments)."""
-        return finite_params(self, self.NAMES)
+        """``{name: value}`` of every ``float`` field, in declaration order: the form's
+        keyword arguments. Raises :class:`ConfigError` naming a field that is not finite."""
+        return finite_params(self, self.names())
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The set's numbers: its fields declared ``float``."""
+        return tuple(f.name for f in fields(cls) if f.type in ("float", float))
 
     @classmethod
     def register(cls: type[_C], sets: dict[str, _C], *, default: str) -> Mapping[str, _C]:

@@ -17,16 +17,8 @@ from numpy.typing import ArrayLike
 
 from moescale.errors import ConfigError
 from moescale.laws import forms
-from moescale.laws.base import (
-    Coefficients,
-    FittedRange,
-    Interval,
-    Law,
-    Provenance,
-    RangeReport,
-    as_scalar_or_array,
-    check_positive,
-)
+from moescale.laws.base import Coefficients, FittedRange, Law, Provenance, RangeReport
+from moescale.laws.numeric import as_scalar_or_array, check_positive
 from moescale.spec.accounting import count_params
 from moescale.spec.model_spec import ModelSpec
 
@@ -41,21 +33,13 @@ CHIN_CONVENTIONS: dict[str, str] = {
 _CHIN_PAPER = "Hoffmann et al. 2022, Training Compute-Optimal LLMs (Chinchilla)"
 _EPOCH_PAPER = "Besiroglu et al. 2024, Chinchilla Scaling: A replication attempt (Epoch)"
 
-_CHIN_RANGE = FittedRange(
-    variables=(
-        ("N", Interval(low=7e7, high=1.6e10,
-                       source="Chinchilla abstract: 70M to over 16B parameters")),
-        ("D", Interval(low=5e9, high=5e11,
-                       source="Chinchilla abstract: 5 to 500 billion tokens")),
-    ),
+_CHIN_RANGE = FittedRange.of(
+    N=(7e7, 1.6e10, "Chinchilla abstract: 70M to over 16B parameters"),
+    D=(5e9, 5e11, "Chinchilla abstract: 5 to 500 billion tokens"),
 )
-_EPOCH_RANGE = FittedRange(
-    variables=(
-        ("N", Interval(low=5.73e7, high=1.62e10,
-                       source="min/max N of data/chinchilla_svg_extracted_data.csv")),
-        ("compute", Interval(low=1.40e18, high=1.30e22,
-                             source="min/max FLOP of data/chinchilla_svg_extracted_data.csv")),
-    ),
+_EPOCH_RANGE = FittedRange.of(
+    N=(5.73e7, 1.62e10, "min/max N of data/chinchilla_svg_extracted_data.csv"),
+    compute=(1.40e18, 1.30e22, "min/max FLOP of data/chinchilla_svg_extracted_data.csv"),
     unknown=("D",),
     note="D = FLOP/(6N) per point; its range follows from N and FLOP",
 )
@@ -71,12 +55,7 @@ class ChinchillaCoefficients(Coefficients):
     alpha: float
     beta: float
 
-    NAMES = ("E", "A", "B", "alpha", "beta")
-
-    def validate(self) -> None:
-        for name in ("A", "B", "alpha", "beta"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name!r} must be > 0; got {getattr(self, name)}")
+    POSITIVE = ("A", "B", "alpha", "beta")
 
 
 CHINCHILLA_SETS = ChinchillaCoefficients.register({

@@ -21,16 +21,8 @@ from numpy.typing import ArrayLike
 
 from moescale.errors import ConfigError
 from moescale.laws import forms
-from moescale.laws.base import (
-    Coefficients,
-    FittedRange,
-    Interval,
-    Law,
-    Provenance,
-    RangeReport,
-    as_scalar_or_array,
-    check_positive,
-)
+from moescale.laws.base import Coefficients, FittedRange, Law, Provenance, RangeReport
+from moescale.laws.numeric import as_scalar_or_array, check_positive
 
 __all__ = [
     "ELCoefficients",
@@ -65,18 +57,12 @@ _EL_PROVENANCE = Provenance(
     "value makes EL grow with C",
 )
 
-_EL_RANGE = FittedRange(
-    variables=(
-        ("activation_ratio", Interval(
-            low=2 / 256, high=1.0,
-            source="[EL] activation ablation grid E_a=2, E in {2..256} (LAWS.md §3)")),
-        ("granularity", Interval(
-            low=2.0, high=16.0,
-            source="[EL] granularity ablation grid G in {2,4,6,8,12,16} (LAWS.md §3)")),
-        ("el", Interval(
-            high=EL_FIT_THRESHOLD, label="predicted EL",
-            source="[EL] fitted on points with EL < 6; EL >= 6 held out for validation")),
-    ),
+_EL_RANGE = FittedRange.of(
+    activation_ratio=(2 / 256, 1.0, "[EL] activation ablation grid E_a=2, E in {2..256} "
+                      "(LAWS.md §3)"),
+    granularity=(2.0, 16.0, "[EL] granularity ablation grid G in {2,4,6,8,12,16} (LAWS.md §3)"),
+    el=(None, EL_FIT_THRESHOLD, "[EL] fitted on points with EL < 6; EL >= 6 held out for "
+        "validation", "predicted EL"),
     unknown=("compute",),
     note="the compute range of the fitted points is not stated in LAWS.md or the coefficient "
     "file; it is reported as unknown rather than guessed. The law's EL = 1 break-even "
@@ -102,13 +88,7 @@ class ELCoefficients(Coefficients):
     A_start: float
     A_max: float
 
-    NAMES = ("a", "d", "gamma", "beta", "A_start", "A_max")
-
-    def validate(self) -> None:
-        if not 0 < self.A_start < self.A_max:
-            raise ConfigError(
-                f"'A_start' must be in (0, A_max={self.A_max:g}); got {self.A_start!r}"
-            )
+    ORDERED = ("A_start", "A_max")
 
 
 ELCoefficients.register({

@@ -21,15 +21,8 @@ from numpy.typing import ArrayLike
 
 from moescale.errors import ConfigError, check_range
 from moescale.laws import forms
-from moescale.laws.base import (
-    Coefficients,
-    FittedRange,
-    Law,
-    Provenance,
-    RangeReport,
-    as_scalar_or_array,
-    check_positive,
-)
+from moescale.laws.base import Coefficients, FittedRange, Law, Provenance, RangeReport
+from moescale.laws.numeric import as_scalar_or_array, check_positive
 from moescale.spec.accounting import count_params
 from moescale.spec.model_spec import ModelSpec
 
@@ -76,8 +69,6 @@ class FGCoefficients(Coefficients):
     c: float
     E: int = 64
     """Expansion rate the set was fitted at (1 for the dense row)."""
-
-    NAMES = ("a", "alpha", "b", "beta", "g", "gamma", "c")
 
     def validate(self) -> None:
         check_range("E", self.E, low=1, integer=True)

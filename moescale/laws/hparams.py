@@ -14,22 +14,16 @@ The dense Eq. 3 law is shown only in a figure (no coefficients): none is provide
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from moescale.errors import ConfigError
-from moescale.laws.base import (
-    Coefficients,
-    FittedRange,
-    Law,
-    Provenance,
-    RangeReport,
-    as_scalar_or_array,
-    check_positive,
-    format_number,
-)
+from moescale.laws.base import Coefficients, FittedRange, Law, Provenance, RangeReport
+from moescale.laws.numeric import as_scalar_or_array, check_positive, format_number
 
 __all__ = [
     "PowerLaw",
@@ -60,11 +54,7 @@ class PowerLaw(Coefficients):
     coefficient: float
     exponent: float
 
-    NAMES = ("coefficient", "exponent")
-
-    def validate(self) -> None:
-        if self.coefficient <= 0:
-            raise ConfigError(f"'coefficient' must be > 0; got {self.coefficient}")
+    POSITIVE = ("coefficient",)
 
     def __call__(self, C: ArrayLike) -> float | np.ndarray:
         C = check_positive("compute", C)
@@ -103,26 +93,7 @@ class HyperparameterCoefficients(Coefficients):
     batch_coefficient: float
     batch_exponent: float
 
-    NAMES = ("lr_coefficient", "lr_exponent", "batch_coefficient", "batch_exponent")
-
-    def validate(self) -> None:
-        self.learning_rate_law()
-        self.batch_law()
-
-    def learning_rate_law(self) -> PowerLaw:
-        return PowerLaw(coefficient=self.lr_coefficient, exponent=self.lr_exponent,
-                        provenance=self.provenance)
-
-    def batch_law(self) -> PowerLaw:
-        return PowerLaw(coefficient=self.batch_coefficient, exponent=self.batch_exponent,
-                        provenance=self.provenance)
-
-
-HyperparameterCoefficients.register({
-    "ling2025": HyperparameterCoefficients(
-        lr_coefficient=1.1576, lr_exponent=-0.1529, batch_coefficient=0.0694,
-        batch_exponent=0.3644, provenance=_EQ3, fitted_range=_UNKNOWN_RANGE),
-}, default="ling2025")
+    POSITIVE = ("lr_coefficient", "batch_coefficient")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,19 +105,14 @@ class AllocationCoefficients(Coefficients):
     n: float
     nu: float
 
-    NAMES = ("m", "mu", "n", "nu")
-
-    def validate(self) -> None:
-        self.flops_per_token_law()
-        self.tokens_law()
-
-    def flops_per_token_law(self) -> PowerLaw:
-        return PowerLaw(coefficient=self.m, exponent=self.mu, provenance=self.provenance)
-
-    def tokens_law(self) -> PowerLaw:
-        return PowerLaw(coefficient=self.n, exponent=self.nu, provenance=self.provenance)
+    POSITIVE = ("m", "n")
 
 
+HyperparameterCoefficients.register({
+    "ling2025": HyperparameterCoefficients(
+        lr_coefficient=1.1576, lr_exponent=-0.1529, batch_coefficient=0.0694,
+        batch_exponent=0.3644, provenance=_EQ3, fitted_range=_UNKNOWN_RANGE),
+}, default="ling2025")
 AllocationCoefficients.register({
     "dense": AllocationCoefficients(m=0.0655, mu=0.5422, n=15.2582, nu=0.4578, provenance=_T1,
                                     fitted_range=_UNKNOWN_RANGE),
@@ -155,13 +121,41 @@ AllocationCoefficients.register({
 }, default="moe")
 
 
+def _evaluate(quantity: str, doc: str) -> Callable:
+    def method(self: _ComputeLaw, C: ArrayLike) -> float | np.ndarray:
+        return self.power_law(quantity)(C)
+
+    method.__doc__ = doc
+    return method
+
+
 @dataclass(frozen=True, kw_only=True)
 class _ComputeLaw(Law):
-    """A law of the compute C alone, for one architecture (``arch``)."""
+    """Power laws of the compute C alone (one per quantity), for one architecture."""
 
     arch: str = "moe"
 
     CONVENTIONS = HPARAM_CONVENTIONS
+    POWER_LAWS: ClassVar[dict[str, tuple[str, str]]] = {}
+    """Quantity -> names of its (coefficient, exponent) in the coefficient set."""
+
+    def power_law(self, quantity: str) -> PowerLaw:
+        """The power law of ``quantity`` (a key of :attr:`POWER_LAWS`)."""
+        coefficient, exponent = self.POWER_LAWS[quantity]
+        c = self.coefficients
+        return PowerLaw(coefficient=getattr(c, coefficient), exponent=getattr(c, exponent),
+                        provenance=c.provenance)
+
+    def formula(self) -> str:
+        """``quantity = k·C^p; ...`` with this law's numbers."""
+        return "; ".join(f"{q} = {self.power_law(q).formula()}" for q in self.POWER_LAWS)
+
+    def predict(self, C: float) -> dict[str, float | str]:
+        """``{"arch", "compute", <quantity>: value, ...}`` at compute C."""
+        out: dict[str, float | str] = {"arch": self.arch,
+                                       "compute": float(check_positive("compute", C))}
+        out.update({q: float(self.power_law(q)(C)) for q in self.POWER_LAWS})
+        return out
 
     def check_range(self, C: float) -> RangeReport:
         return self.fitted_range.check(compute=C)
@@ -187,6 +181,12 @@ class HyperparameterLaw(_ComputeLaw):
     KIND = "hyperparameters"
     EQUATION = "lr = lr_coefficient*C^lr_exponent; B_tokens = batch_coefficient*C^batch_exponent"
     COEFFICIENTS = HyperparameterCoefficients
+    POWER_LAWS = {"learning_rate": ("lr_coefficient", "lr_exponent"),
+                  "batch_tokens": ("batch_coefficient", "batch_exponent")}
+
+    learning_rate = _evaluate("learning_rate", "Optimal peak learning rate at compute C (Ling "
+                              "M·D FLOPs).")
+    batch_tokens = _evaluate("batch_tokens", "Optimal batch size in tokens at compute C.")
 
     @classmethod
     def law_name(cls, set_name: str) -> str:
@@ -196,34 +196,6 @@ class HyperparameterLaw(_ComputeLaw):
     def published(cls, name: str | None = None) -> HyperparameterLaw:
         """The MoE law of [EL] Eq. 3 (the only one with published coefficients)."""
         return super().published(name.removesuffix("-hparams") if name else name)
-
-    @property
-    def learning_rate_law(self) -> PowerLaw:
-        return self.coefficients.learning_rate_law()
-
-    @property
-    def batch_law(self) -> PowerLaw:
-        return self.coefficients.batch_law()
-
-    def formula(self) -> str:
-        """``lr = 1.1576·C^-0.1529; B_tokens = ...`` with this law's numbers."""
-        return f"lr = {self.learning_rate_law.formula()}; B_tokens = {self.batch_law.formula()}"
-
-    def learning_rate(self, C: ArrayLike) -> float | np.ndarray:
-        """Optimal peak learning rate at compute C (Ling M·D FLOPs)."""
-        return self.learning_rate_law(C)
-
-    def batch_tokens(self, C: ArrayLike) -> float | np.ndarray:
-        """Optimal batch size in tokens at compute C."""
-        return self.batch_law(C)
-
-    def predict(self, C: float) -> dict[str, float]:
-        """``{"compute", "learning_rate", "batch_tokens"}`` at compute C."""
-        return {
-            "compute": float(check_positive("compute", C)),
-            "learning_rate": float(self.learning_rate(C)),
-            "batch_tokens": float(self.batch_tokens(C)),
-        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,6 +219,11 @@ class AllocationLaw(_ComputeLaw):
     KIND = "allocation"
     EQUATION = "M_opt = m*C^mu; D_opt = n*C^nu"
     COEFFICIENTS = AllocationCoefficients
+    POWER_LAWS = {"flops_per_token": ("m", "mu"), "tokens": ("n", "nu")}
+
+    flops_per_token = _evaluate("flops_per_token", "Compute-optimal Ling M (training FLOPs per "
+                                "token, non-embedding).")
+    tokens = _evaluate("tokens", "Compute-optimal training tokens D.")
 
     @classmethod
     def published(cls, arch: str | None = None) -> AllocationLaw:
@@ -256,33 +233,3 @@ class AllocationLaw(_ComputeLaw):
         arch = arch or AllocationCoefficients.DEFAULT
         return cls(coefficients=AllocationCoefficients.published(arch), arch=arch,
                    name=f"ling2025-allocation-{arch}")
-
-    @property
-    def flops_per_token_law(self) -> PowerLaw:
-        return self.coefficients.flops_per_token_law()
-
-    @property
-    def tokens_law(self) -> PowerLaw:
-        return self.coefficients.tokens_law()
-
-    def formula(self) -> str:
-        """``M_opt = m·C^μ; D_opt = n·C^ν`` with this law's numbers."""
-        return (f"M_opt = {self.flops_per_token_law.formula()}; "
-                f"D_opt = {self.tokens_law.formula()}")
-
-    def flops_per_token(self, C: ArrayLike) -> float | np.ndarray:
-        """Compute-optimal Ling M (training FLOPs per token, non-embedding)."""
-        return self.flops_per_token_law(C)
-
-    def tokens(self, C: ArrayLike) -> float | np.ndarray:
-        """Compute-optimal training tokens D."""
-        return self.tokens_law(C)
-
-    def predict(self, C: float) -> dict[str, float]:
-        """``{"arch", "compute", "flops_per_token", "tokens"}`` at budget C."""
-        return {
-            "arch": self.arch,
-            "compute": float(check_positive("compute", C)),
-            "flops_per_token": float(self.flops_per_token(C)),
-            "tokens": float(self.tokens(C)),
-        }

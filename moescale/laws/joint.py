@@ -22,16 +22,8 @@ from numpy.typing import ArrayLike
 
 from moescale.errors import ConfigError, check_range
 from moescale.laws import forms
-from moescale.laws.base import (
-    Coefficients,
-    FittedRange,
-    Interval,
-    Law,
-    Provenance,
-    RangeReport,
-    as_scalar_or_array,
-    check_positive,
-)
+from moescale.laws.base import Coefficients, FittedRange, Law, Provenance, RangeReport
+from moescale.laws.numeric import as_scalar_or_array, check_positive
 from moescale.spec.accounting import count_params
 from moescale.spec.model_spec import ModelSpec
 
@@ -51,13 +43,9 @@ _JOINT_PROV = Provenance(
     paper="Ludziejewski et al. 2025, Joint MoE Scaling Laws", arxiv="2502.05172",
     locator="Eq. 1/6 with Ehat of Eq. 4, Table 3 coefficients", status="V",
 )
-_JOINT_RANGE = FittedRange(
-    variables=(
-        ("experts", Interval(low=1, high=32,
-                             source="[JOINT] Table 4 per-E fits, E in {1,2,4,8,16,32}")),
-        ("N_act", Interval(high=2.7e9,
-                           source="[JOINT] abstract: up to 2.7B active parameters")),
-    ),
+_JOINT_RANGE = FittedRange.of(
+    experts=(1, 32, "[JOINT] Table 4 per-E fits, E in {1,2,4,8,16,32}"),
+    N_act=(None, 2.7e9, "[JOINT] abstract: up to 2.7B active parameters"),
     unknown=("D",),
     note="[JOINT] reports over 280 runs with up to 2.7B active / 5B total parameters; the "
     "lower N_act bound and the D range are not recorded here",
@@ -80,14 +68,7 @@ class JointCoefficients(Coefficients):
     E_max: float
     c: float
 
-    NAMES = ("a", "alpha", "delta", "gamma", "b", "beta", "omega", "zeta", "E_start", "E_max",
-             "c")
-
-    def validate(self) -> None:
-        if not 0 < self.E_start < self.E_max:
-            raise ConfigError(
-                f"'E_start' must be in (0, E_max={self.E_max:g}); got {self.E_start!r}"
-            )
+    ORDERED = ("E_start", "E_max")
 
 
 JointCoefficients.register({

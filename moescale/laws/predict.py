@@ -140,15 +140,9 @@ def _refuse_unused(law: LossLaw, used: Any, **given: float | None) -> None:
                               f"{', '.join(used)}); got {value!r}")
 
 
-def loss_inputs(
-    law: LossLaw,
-    tokens: float,
-    *,
-    params: float | None = None,
-    granularity_fg: float | None = None,
-    experts: float | None = None,
-    spec: ModelSpec | None = None,
-) -> tuple[dict[str, float], list[str]]:
+def loss_inputs(law: LossLaw, tokens: float, *, params: float | None = None,
+                granularity_fg: float | None = None, experts: float | None = None,
+                spec: ModelSpec | None = None) -> tuple[dict[str, float], list[str]]:
     """The law's ordered inputs ``{"params", "tokens", ...}`` and notes, from a spec or numbers."""
     D = float(check_positive("tokens", tokens))
     if spec is None:

@@ -21,8 +21,10 @@ from moescale.report.analysis import Analysis, PowerFit, analyze
 from moescale.report.data import load_runs
 from moescale.spec.io import atomic_write
 
-_DENSE_T1 = AllocationLaw.published("dense")
-_EQ3 = HyperparameterLaw.published()
+_T1_M, _T1_D = (AllocationLaw.published("dense").power_law(q).formula()
+                for q in ("flops_per_token", "tokens"))
+_EQ3_LR, _EQ3_B = (HyperparameterLaw.published().power_law(q).formula()
+                   for q in ("learning_rate", "batch_tokens"))
 
 __all__ = ["Report", "build_report", "headline", "summary_lines"]
 
@@ -154,12 +156,12 @@ def summary_lines(an: Analysis) -> list[str]:
     if an.allocation:
         m = an.allocation["m_opt"]
         out.append(f"Compute-optimal dense M_opt(C) = {m.k:.3g}·C^{m.p:.3f} (exponent interval "
-                   f"{_ci(m.p_ci)}) vs [EL] Table 1 {_DENSE_T1.flops_per_token_law.formula()}.")
+                   f"{_ci(m.p_ci)}) vs [EL] Table 1 {_T1_M}.")
     if an.hparams and an.hparams.get("lr") is not None:
         lr, b = an.hparams["lr"], an.hparams["batch"]
         out.append(f"Near-optimal hyper-parameters: lr_opt = {lr.k:.3g}·C^{lr.p:.3f}, "
                    f"B_opt = {b.k:.3g}·C^{b.p:.3f} vs [EL] Eq. 3 "
-                   f"{_EQ3.learning_rate_law.formula()}, {_EQ3.batch_law.formula()}.")
+                   f"{_EQ3_LR}, {_EQ3_B}.")
     out += [f"Note: {n}" for n in an.notes]
     return out
 
@@ -219,14 +221,14 @@ def _html(an: Analysis, plots: dict[str, bytes]) -> str:
         fits.append(_fit_row(f"MoE frontier {e['label']}", e["frontier"], ""))
     if an.allocation:
         fits.append(_fit_row("dense M_opt(C)", an.allocation["m_opt"],
-                             _DENSE_T1.flops_per_token_law.formula()))
+                             _T1_M))
         fits.append(_fit_row("dense D_opt(C) = C/M_opt", an.allocation["d_opt"],
-                             _DENSE_T1.tokens_law.formula()))
+                             _T1_D))
     if an.hparams:
         fits.append(_fit_row("lr_opt(C)", an.hparams.get("lr"),
-                             _EQ3.learning_rate_law.formula()))
+                             _EQ3_LR))
         fits.append(_fit_row("B_opt(C) tokens", an.hparams.get("batch"),
-                             _EQ3.batch_law.formula()))
+                             _EQ3_B))
     fit_cols = [("name", "quantity"), ("k", "k"), ("k_ci", "k 90% CI"), ("p", "exponent p"),
                 ("p_ci", "p 90% CI"), ("n", "points"), ("rmse", "rmse (ln)"),
                 ("published", "published")]

@@ -179,7 +179,7 @@ def _allocation(an: Analysis) -> bytes | None:
     ax.plot(cs, f(cs), "k-", label=f"fit M_opt = {f.k:.3g}·C^{f.p:.3f}")
     pub = AllocationLaw.published("dense")
     ax.plot(cs, pub.flops_per_token(cs), "r--",
-            label=f"[EL] Table 1: {pub.flops_per_token_law.formula()}")
+            label=f"[EL] Table 1: {pub.power_law('flops_per_token').formula()}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compute C (FLOPs)")
