@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from moescale.spec import count_params, load_spec
-from moescale.spec.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config
+from moescale.spec.hf_config import REFUSED_MODEL_TYPES, SUPPORTED_MODEL_TYPES, from_hf_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -225,3 +225,23 @@ def test_hybrid_layouts_and_mixer_flops(tmp_path):
     fewer = jamba.replace(mixer_layers=(0, 2, 3))  # layer 5 back to attention
     diff = flops_per_token(jamba, training=False) - flops_per_token(fewer, training=False)
     assert diff == mamba - 2 * (2 * 64 * 64 + 2 * 64 * 32) - 2 * 4096 * 4 * 16 * 2
+
+
+@pytest.mark.parametrize("model_type", sorted(REFUSED_MODEL_TYPES))
+def test_refused_families_count_exactly_through_transformers(tmp_path, model_type):
+    """Each family moescale refuses natively still gets an exact total from the meta
+    build (independently re-counted here from the saved folder)."""
+    from moescale.spec.hf_meta import count_path
+
+    # the config class's defaults (full size: the meta device allocates nothing)
+    config = transformers.AutoConfig.for_model(model_type, pad_token_id=None)
+    config.save_pretrained(tmp_path)
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(loaded)
+    expected = sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for n, b in model.named_buffers() if n.endswith("e_score_correction_bias"))
+    record, note = count_path(tmp_path)
+    assert note and "not read natively" in note
+    assert record["total_params"] == expected
+    assert record["params_by_group"]["other"] == 0, record["params_by_group"]

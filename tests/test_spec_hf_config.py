@@ -303,6 +303,8 @@ def test_missing_field_names_field_and_model_type(configs_dir, stem):
     ("num_key_value_heads", 3, r"'n_kv_heads' must divide 'n_heads'"),
     ("num_attention_heads", 48, r"'n_heads' must divide 'd_model'.*mixtral"),
     ("sliding_window", -1, r"'sliding_window'"),
+    ("hidden_size", 1e300, r"'d_model' must be at most 1e\+09; got 1e\+300.*mixtral"),
+    ("num_local_experts", 1e30, r"'n_experts' must be at most 1e\+09"),
 ])
 def test_bad_values(configs_dir, key, value, match):
     cfg = json.loads((configs_dir / "Mixtral-8x7B-v0.1.json").read_text())

@@ -39,14 +39,18 @@ GROUPS = (*COMPARED_GROUPS, "other")
 
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("head", re.compile(r"^(lm_head|output)\.")),
-    ("embedding", re.compile(r"(embed_tokens|\bwte|word_embeddings|tok_embeddings)\.")),
+    ("embedding",
+     re.compile(r"(embed_tokens|\bwte|word_embeddings|tok_embeddings|\bembeddings)\.")),
     ("shared_experts", re.compile(r"shared_expert|shared_mlp")),
     ("routed_experts", re.compile(r"\.experts\.")),
-    ("mixer", re.compile(r"\.(mamba|linear_attn|mixer)\.")),
     ("router", re.compile(r"\.(gate|router)\.|e_score_correction_bias")),
+    # Nemotron-H names every sublayer "mixer": its MLPs and attention are not mixers.
+    ("dense_ffn", re.compile(r"\.mixer\.(up|down|gate)_proj\.")),
+    ("attention", re.compile(r"\.mixer\.[qkvo]_proj\.")),
+    ("mixer", re.compile(r"\.(mamba|linear_attn|mixer)\.")),
     ("attention", re.compile(r"\.(self_attn|self_attention|attn|attention)\.")),
     ("norms", re.compile(r"norm|\.ln_")),
-    ("dense_ffn", re.compile(r"\.(mlp|feed_forward|ffn)\.")),
+    ("dense_ffn", re.compile(r"\.(mlp|mlps|feed_forward|ffn)\.")),
 )
 
 
@@ -94,13 +98,25 @@ def _config(cfg: dict[str, Any], transformers: Any) -> Any:
                 f"installed transformers {transformers.__version__} (architectures: {archs!r})"
             )
         model_type = by_class[arch]
-    body = {k: v for k, v in cfg.items() if k not in ("model_type", "auto_map")}
+    body = {k: _decode(v) for k, v in cfg.items() if k not in ("model_type", "auto_map")}
     try:
         return CONFIG_MAPPING[model_type].from_dict(body)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers/hub validators raise many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"transformers could not read the config (model_type {model_type!r}): {exc}"
+            f"transformers could not read the config (model_type {model_type!r}): {first}"
         ) from None
+
+
+def _decode(value: Any) -> Any:
+    """Undo transformers' JSON encoding of non-finite floats ({"__float__": "Infinity"})."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"}:
+            return float(value["__float__"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
 
 
 def meta_param_groups(cfg: dict[str, Any]) -> dict[str, int]:
@@ -120,9 +136,10 @@ def meta_param_groups(cfg: dict[str, Any]) -> dict[str, int]:
             except ValueError:
                 model = AutoModel.from_config(config)
     except Exception as exc:  # noqa: BLE001 - any build failure is the config's fault here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(
             f"transformers could not build model_type {config.model_type!r} on the meta "
-            f"device: {type(exc).__name__}: {exc}"
+            f"device: {type(exc).__name__}: {first}"
         ) from None
     groups = dict.fromkeys(GROUPS, 0)
     for name, p in model.named_parameters():

@@ -37,11 +37,14 @@ from typing import Any, Literal
 
 from moescale.errors import ConfigError, check_range
 
-__all__ = ["ModelSpec", "SPEC_SCHEMA_VERSION", "MAX_LAYERS"]
+__all__ = ["ModelSpec", "SPEC_SCHEMA_VERSION", "MAX_LAYERS", "MAX_SIZE"]
 
 SPEC_SCHEMA_VERSION = 1
 MAX_LAYERS = 1_000_000
 """Upper bound on ``n_layers``: beyond physical sense, and it keeps layer lists bounded."""
+MAX_SIZE = 1_000_000_000
+"""Upper bound on every other size (widths, heads, experts, vocabulary): beyond physical
+sense, and it keeps every count and FLOP figure finite in float64."""
 
 AttentionKind = Literal["gqa", "mla"]
 QKNorm = Literal["none", "head", "full", "l2"]
@@ -364,6 +367,11 @@ class ModelSpec:
             # 4.0 from a JSON/TOML writer means 4: keep counts integral.
             if f.type in ("int", "int | None") and isinstance(value, float) and value.is_integer():
                 object.__setattr__(self, f.name, int(value))
+            if (f.type in ("int", "int | None") and f.name != "n_layers"
+                    and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and value > MAX_SIZE):
+                shown = f"{float(value):.6g}" if value > 1e15 else repr(value)
+                raise ConfigError(f"{f.name!r} must be at most {MAX_SIZE:.0e}; got {shown}")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"'extra' must be a table (dict); got {self.extra!r}")
 
