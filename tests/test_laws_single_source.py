@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import moescale
-from moescale.laws import get_law, law_names
+from moescale.laws import EQUAL_RESOURCE, Coefficients
 
 PKG = Path(moescale.__file__).parent
 NUMBER = re.compile(r"(?<![\w.])\d[\d_]*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])")
@@ -26,28 +26,31 @@ def _significant_digits(x: float) -> int:
     return len(mantissa)
 
 
-def _coefficients(law) -> dict[str, float]:
-    desc = law.describe()
-    if "coefficients" in desc:
-        return {k: float(v) for k, v in desc["coefficients"].items()}
-    # the [EQ] region: its published bounds, optimum and data multiplier
-    lo, hi = desc["parameter_ratio_region"]
-    return {"low": lo, "high": hi, "optimum": desc["optimum"],
-            "data_multiplier": desc["data_multiplier"]}
+def _coefficient_sets():
+    """``(owner, {name: value})`` of every registered set and of the [EQ] region."""
+    todo = [Coefficients]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        for set_name, coefficients in cls.SETS.items():
+            yield f"{cls.__name__}[{set_name}]", coefficients.params()
+    yield "EQUAL_RESOURCE", {"low": EQUAL_RESOURCE.low, "high": EQUAL_RESOURCE.high,
+                             "optimum": EQUAL_RESOURCE.optimum,
+                             "data_multiplier": EQUAL_RESOURCE.data_multiplier}
 
 
 def published_numbers() -> dict[float, str]:
-    """``{|value|: "law.name"}`` for every distinctive published coefficient.
+    """``{|value|: "Set[name].field"}`` for every distinctive published coefficient.
 
     Distinctive: at least 3 significant digits (0.47 or 64 also occur for unrelated
     reasons; 0.0655, 1.1576 or 5.28e16 do not).
     """
     out = {}
-    for name in law_names():
-        for key, v in _coefficients(get_law(name)).items():
+    for owner, params in _coefficient_sets():
+        for key, v in params.items():
             v = abs(v)
             if _significant_digits(v) >= 3:
-                out[v] = f"{name}.{key}"
+                out[v] = f"{owner}.{key}"
     return out
 
 
@@ -62,9 +65,12 @@ def _literals(text: str):
 def test_published_numbers_cover_every_coefficient_set() -> None:
     nums = published_numbers()
     # one distinctive number of each family, as the coefficient objects give them
-    for owner in ("ling2025.a", "ling2025-hparams.lr_coefficient",
-                  "ling2025-allocation-dense.m", "ling2025-allocation-moe.n", "fg.a",
-                  "joint.E_max", "chinchilla.A", "epoch-huber.B"):
+    for owner in ("ELCoefficients[ling2025].a",
+                  "HyperparameterCoefficients[ling2025].lr_coefficient",
+                  "AllocationCoefficients[dense].m", "AllocationCoefficients[moe].n",
+                  "FGCoefficients[moe_e64].a", "JointCoefficients[joint].E_max",
+                  "JointLRCoefficients[joint].intercept", "ChinchillaCoefficients[chinchilla].A",
+                  "ChinchillaCoefficients[epoch-huber].B"):
         assert owner in nums.values(), owner
     assert len(nums) > 40
 

@@ -23,9 +23,9 @@ EXPECTED = {
         "Coefficients", "ELCoefficients", "ELLaw", "EL_CONVENTIONS", "EQUAL_RESOURCE",
         "EqualResourceRegion", "FGCoefficients", "FGLaw", "FGOptimum", "FittedRange",
         "HyperparameterCoefficients", "HyperparameterLaw", "Interval", "JointCoefficients",
-        "JointLaw", "LAWS", "Law", "LossLaw", "PowerLaw", "Provenance", "RangeReport",
-        "dense_equivalent", "el_break_even_compute", "fg_flops_per_token", "fg_shape",
-        "get_law", "law_names", "published_el"},
+        "JointLRCoefficients", "JointLaw", "LAWS", "Law", "LossLaw", "PowerLaw", "Provenance",
+        "RangeReport", "dense_equivalent", "el_break_even_compute", "fg_flops_per_token",
+        "fg_shape", "get_law", "law_names", "published_el"},
     "moescale.fit": {
         "CHINCHILLA_GRID", "CURVE_COLUMNS", "ChinchillaFitter", "DenseFrontier",
         "ELJointFitter", "ELSeparableFitter", "FGFitter", "IsoFlopOptimum", "JointFitter",

@@ -44,7 +44,7 @@ from moescale.laws.hparams import (
     HyperparameterLaw,
     PowerLaw,
 )
-from moescale.laws.joint import JointCoefficients, JointLaw
+from moescale.laws.joint import JointCoefficients, JointLaw, JointLRCoefficients
 from moescale.laws.registry import LAWS, get_law, law_names
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "fg_shape",
     "fg_flops_per_token",
     "JointCoefficients",
+    "JointLRCoefficients",
     "JointLaw",
     "ChinchillaCoefficients",
     "ChinchillaLaw",

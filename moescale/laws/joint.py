@@ -27,7 +27,8 @@ from moescale.laws.numeric import as_scalar_or_array, check_positive
 from moescale.spec.accounting import count_params
 from moescale.spec.model_spec import ModelSpec
 
-__all__ = ["JointCoefficients", "JointLaw", "JOINT_CONVENTIONS", "JOINT_VOCAB"]
+__all__ = ["JointCoefficients", "JointLRCoefficients", "JointLaw", "JOINT_CONVENTIONS",
+           "JOINT_VOCAB"]
 
 JOINT_VOCAB = 50257
 """Vocabulary of the [JOINT] runs (embedding and untied head are in N_act)."""
@@ -76,6 +77,24 @@ JointCoefficients.register({
         a=35.91, alpha=-0.1889, delta=-0.2285, gamma=0.0098, b=35.98, beta=-0.1775,
         omega=0.5529, zeta=-0.0259, E_start=2.0732, E_max=290.4521, c=1.3637,
         provenance=_JOINT_PROV, fitted_range=_JOINT_RANGE),
+}, default="joint")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JointLRCoefficients(Coefficients):
+    """``ln lr = intercept + n_slope·ln N_act,nonemb + e_slope·ln E`` ([JOINT] learning rate)."""
+
+    intercept: float
+    n_slope: float
+    e_slope: float
+
+
+JointLRCoefficients.register({
+    "joint": JointLRCoefficients(
+        intercept=8.39, n_slope=-0.81, e_slope=-0.25,
+        provenance=Provenance(paper=_JOINT_PROV.paper, arxiv="2502.05172",
+                              locator="learning-rate law (N_act without embeddings)",
+                              status="V")),
 }, default="joint")
 
 
@@ -151,11 +170,14 @@ class JointLaw(Law):
         return float(self.predict(N, D, E))
 
     @staticmethod
-    def learning_rate(N_act_non_embedding: float, E: float) -> float:
-        """[JOINT] learning-rate law ``exp(8.39 − 0.81·ln N_act,nonemb − 0.25·ln E)``."""
+    def learning_rate(N_act_non_embedding: float, E: float,
+                      coefficients: JointLRCoefficients | None = None) -> float:
+        """[JOINT] learning-rate law ``exp(k + n·ln N_act,nonemb + e·ln E)`` (published set
+        by default)."""
+        c = coefficients or JointLRCoefficients.published()
         n = float(check_positive("N_act_non_embedding", N_act_non_embedding))
         e = float(check_positive("experts", E))
-        return math.exp(8.39 - 0.81 * math.log(n) - 0.25 * math.log(e))
+        return math.exp(c.intercept + c.n_slope * math.log(n) + c.e_slope * math.log(e))
 
     def check_range(self, N_act: float, D: float, E: float) -> RangeReport:
         return self.fitted_range.check(N_act=N_act, D=D, experts=E)
