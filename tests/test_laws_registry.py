@@ -10,6 +10,8 @@ import pytest
 import moescale.laws as laws
 from moescale.errors import ConfigError
 from moescale.laws import LAWS, FittedRange, Interval, Provenance, get_law, law_names
+from moescale.laws.predict import predict_loss
+from moescale.laws.registry import LOSS_LAWS
 
 
 def test_registry_names():
@@ -102,3 +104,22 @@ def test_coefficients_reject_non_finite_values_naming_the_field(cls, good, bad):
     field = next(iter(good))
     with pytest.raises(ConfigError, match=rf"'{field}' must be a finite number"):
         klass(**{**good, field: bad})
+
+
+@pytest.mark.parametrize("name", LOSS_LAWS)
+def test_loss_laws_follow_the_protocol(name):
+    law = get_law(name)
+    assert isinstance(law, laws.LossLaw)
+    assert law.N_CONVENTION
+    # explicit inputs and the predicted loss agree with predict(); an option the law does
+    # not take is refused, never ignored
+    inputs = law.inputs_from_args(1e9, 2e10, granularity_fg=8.0, experts=8.0)
+    assert list(inputs)[:2] == ["params", "tokens"]
+    rec = predict_loss(name, params=1e9, tokens=2e10, **{k: v for k, v in inputs.items()
+                                                          if k not in ("params", "tokens")})
+    assert rec["loss"] == law.predict(*inputs.values())
+
+
+def test_non_loss_laws_are_not_loss_laws():
+    for name in ("ling2025", "ling2025-hparams", "ling2025-allocation-moe"):
+        assert not isinstance(get_law(name), laws.LossLaw)

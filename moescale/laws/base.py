@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from moescale.errors import ConfigError
 from moescale.laws.numeric import (
@@ -336,6 +336,7 @@ class Law:
         }
 
 
+@runtime_checkable
 class LossLaw(Protocol):
     """A loss law ``L(N, D, ...)`` usable by ``moescale predict loss`` and ``optimum``.
 
