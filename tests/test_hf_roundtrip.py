@@ -85,6 +85,8 @@ FAMILIES: dict[str, dict] = {
               "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
               "mamba_d_state": 8, "mamba_d_conv": 3, "mamba_expand": 2, "num_hidden_layers": 6,
               "mamba_proj_bias": True},
+    "minimax": {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                "num_hidden_layers": 5},
     "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 3, "vocab_size": 128,
              "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0},
              "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
@@ -225,6 +227,13 @@ def test_hybrid_layouts_and_mixer_flops(tmp_path):
     fewer = jamba.replace(mixer_layers=(0, 2, 3))  # layer 5 back to attention
     diff = flops_per_token(jamba, training=False) - flops_per_token(fewer, training=False)
     assert diff == mamba - 2 * (2 * 64 * 64 + 2 * 64 * 32) - 2 * 4096 * 4 * 16 * 2
+    # One lightning layer, d = 64, 4 heads of 16: qkv 64·192 + gate 64·64 + out 64·64
+    # = 20,480 weights -> 40,960 FLOPs; state 4·4·16² = 4,096.
+    mm = load_spec(_saved_path(tmp_path / "minimax", "minimax"))
+    assert mm.mixer == "lightning" and mm.mixer_layers == (1, 3)
+    fewer = mm.replace(mixer_layers=(1,))
+    diff = flops_per_token(mm, training=False) - flops_per_token(fewer, training=False)
+    assert diff == 40_960 + 4_096 - 2 * (2 * 64 * 64 + 2 * 64 * 32) - 2 * 4096 * 4 * 16 * 2
 
 
 @pytest.mark.parametrize("model_type", sorted(REFUSED_MODEL_TYPES))

@@ -162,6 +162,9 @@ def _mixer_params(s: ModelSpec) -> int:
         if s.mamba_inner_norms:
             total += r + 2 * n
         return total
+    if s.mixer == "lightning":  # qkv, output gate, out_proj, RMSNorm over n_h * h
+        width = s.n_heads * s.head_dim
+        return 5 * d * width + width
     return 0
 
 
@@ -169,7 +172,8 @@ def _mixer_flops(s: ModelSpec) -> int:
     """Forward FLOPs per token of one mixer: 2 per projection weight, 2·kernel per
     convolved channel, and the recurrent state: gated DeltaNet 6·n_v·d_k·d_v (read,
     rank-1 update and readout of each head's d_k x d_v state); Mamba 6·d_inner·N
-    (state update h = Ā·h + B̄·x and readout y = C·h)."""
+    (state update h = Ā·h + B̄·x and readout y = C·h); lightning 4·n_h·h² (rank-1
+    update and readout of each head's h x h state)."""
     d, k = s.d_model, s.mixer_conv
     if s.mixer == "gated_deltanet":
         kd = s.linear_key_heads * s.linear_key_dim
@@ -181,6 +185,8 @@ def _mixer_flops(s: ModelSpec) -> int:
         di, n, r = s.mamba_d_inner, s.mamba_d_state, s.mamba_dt_rank
         proj = d * 2 * di + di * (r + 2 * n) + r * di + di * d
         return 2 * proj + 2 * k * di + 6 * di * n
+    if s.mixer == "lightning":
+        return 2 * 5 * d * s.n_heads * s.head_dim + 4 * s.n_heads * s.head_dim ** 2
     return 0
 
 

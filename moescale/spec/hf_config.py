@@ -278,6 +278,14 @@ def _sliding(
     return part
 
 
+def _no_sliding_types(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """No sliding window; ``layer_types`` describes mixers (read elsewhere), not windows."""
+    r.unsupported("use_sliding_window", True, "this family's sliding-window layout is not known")
+    if r.has("sliding_window"):
+        raise ConfigError(f"{r._where('sliding_window')} is not supported with mixer layers")
+    return {}
+
+
 def _no_sliding(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     r.unsupported("use_sliding_window", True, "this family's sliding-window layout is not known")
     types = _layer_types(r, out["n_layers"])
@@ -618,22 +626,29 @@ def _bailing(v2: bool) -> dict[str, Any]:
     return table
 
 
-def _qwen3_next_mixers(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
-    """Qwen3-Next: gated DeltaNet on ``linear_attention`` layers (default: all but every
-    ``full_attention_interval``-th), gated full attention on the others."""
-    n = out["n_layers"]
+def _linear_layers(r: _Reader, n: int, default: Callable[[int], bool]) -> tuple[int, ...]:
+    """Linear-attention layers: ``layer_types`` entries ``linear_attention``, else
+    MiniMax's remote-code ``attn_type_list`` (0 = linear), else the family rule."""
     types = r.list("layer_types", n)
-    if types is None:
-        interval = r.int("full_attention_interval", 4)
-        linear = tuple(i for i in range(n) if (i + 1) % interval)
-    else:
+    if types is not None:
         bad = sorted({str(t) for t in types if t not in ("linear_attention", _FULL)})
         if bad:
             raise ConfigError(
                 f"{r._where('layer_types')} entries must be 'linear_attention' or "
                 f"{_FULL!r}; got {', '.join(map(repr, bad))}"
             )
-        linear = tuple(i for i, t in enumerate(types) if t == "linear_attention")
+        return tuple(i for i, t in enumerate(types) if t == "linear_attention")
+    flags = _per_layer_flags("attn_type_list", n, r)
+    if flags is not None:
+        return tuple(i for i, full in enumerate(flags) if not full)
+    return tuple(i for i in range(n) if default(i))
+
+
+def _qwen3_next_mixers(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Qwen3-Next: gated DeltaNet on ``linear_attention`` layers (default: all but every
+    ``full_attention_interval``-th), gated full attention on the others."""
+    interval = r.int("full_attention_interval", 4)
+    linear = _linear_layers(r, out["n_layers"], lambda i: bool((i + 1) % interval))
     if not linear:
         return {}
     return {
@@ -644,6 +659,12 @@ def _qwen3_next_mixers(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
         "linear_key_dim": r.int("linear_key_head_dim", 128),
         "linear_value_dim": r.int("linear_value_head_dim", 128),
     }
+
+
+def _minimax_mixers(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """MiniMax-Text-01: lightning attention on linear layers (class default: odd layers)."""
+    linear = _linear_layers(r, out["n_layers"], lambda i: i % 2 == 1)
+    return {"mixer": "lightning", "mixer_layers": linear} if linear else {}
 
 
 def _jamba(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
@@ -832,6 +853,8 @@ _FAMILIES: dict[str, dict[str, Any]] = {
         "qk_norm": "head", "attention_gate": True, **_attn_bias(), "d_ffn": _dense_ffn(),
         "rope_fraction": _partial_rope(0.25), "*mixers": _qwen3_next_mixers},
     "jamba": {**_BASE, "*jamba": _jamba},
+    "minimax": {**_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
+                "*window": _no_sliding_types, "*mixers": _minimax_mixers},
 }
 
 # Multimodal wrappers whose language model is a supported family in ``text_config``.
@@ -853,7 +876,6 @@ REFUSED_MODEL_TYPES: dict[str, str] = {
                      "part of ModelSpec",
     "nemotron_h": "Mamba-2 mixers and single-sublayer blocks (mixer or MLP, not both) are not "
                   "part of ModelSpec",
-    "minimax": "lightning (linear) attention mixer layers are not part of ModelSpec",
     "granitemoehybrid": "Mamba-2 mixer layers are not part of ModelSpec",
     "falcon_h1": "parallel Mamba-2 mixers are not part of ModelSpec",
     "bamba": "Mamba-2 mixer layers are not part of ModelSpec",

@@ -142,8 +142,13 @@ def meta_param_groups(cfg: dict[str, Any]) -> dict[str, int]:
             f"device: {type(exc).__name__}: {first}"
         ) from None
     groups = dict.fromkeys(GROUPS, 0)
+    # MiniMax names its lightning (linear) attention "self_attn"; its decay buffers
+    # (slope_rate) mark those modules as mixers.
+    linear = tuple(n[: -len("slope_rate")] for n, _ in model.named_buffers()
+                   if n.endswith(".slope_rate"))
     for name, p in model.named_parameters():
-        groups[_group(name, p.ndim)] += p.numel()
+        group = "mixer" if linear and name.startswith(linear) else _group(name, p.ndim)
+        groups[group] += p.numel()
     for name, b in model.named_buffers():
         if name.endswith("e_score_correction_bias"):
             groups["router"] += b.numel()

@@ -50,7 +50,7 @@ AttentionKind = Literal["gqa", "mla"]
 QKNorm = Literal["none", "head", "full", "l2"]
 NormKind = Literal["rms", "layer"]
 LocalAttention = Literal["sliding", "chunked"]
-MixerKind = Literal["none", "gated_deltanet", "mamba"]
+MixerKind = Literal["none", "gated_deltanet", "mamba", "lightning"]
 
 
 def _count_multiples(k: int, start: int, stop: int) -> int:
@@ -183,7 +183,8 @@ class ModelSpec:
 
     mixer: MixerKind = "none"
     """Token mixer of the ``mixer_layers`` in a hybrid (the other blocks use attention):
-    ``gated_deltanet`` (linear attention, Qwen3-Next) or ``mamba`` (selective SSM, Jamba).
+    ``gated_deltanet`` (linear attention, Qwen3-Next), ``mamba`` (selective SSM, Jamba) or
+    ``lightning`` (gated linear attention over the spec's n_heads x head_dim, MiniMax-01).
     Parameters are exact; FLOPs follow ``docs/conventions.md`` (mixer kinds)."""
     mixer_layers: tuple[int, ...] | None = None
     """0-based indices of the blocks whose token mixer is ``mixer`` instead of attention."""
@@ -239,7 +240,7 @@ class ModelSpec:
             ("qk_norm", ("none", "head", "full", "l2")),
             ("norm", ("rms", "layer")),
             ("local_attention", ("sliding", "chunked")),
-            ("mixer", ("none", "gated_deltanet", "mamba")),
+            ("mixer", ("none", "gated_deltanet", "mamba", "lightning")),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -338,6 +339,7 @@ class ModelSpec:
             "gated_deltanet": ("mixer_conv", "linear_key_heads", "linear_value_heads",
                                "linear_key_dim", "linear_value_dim"),
             "mamba": ("mixer_conv", "mamba_d_inner", "mamba_d_state", "mamba_dt_rank"),
+            "lightning": (),
         }
         if self.mixer == "none":
             if self.mixer_layers:
