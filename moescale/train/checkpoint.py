@@ -24,6 +24,7 @@ import io
 import json
 import os
 import random
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,9 @@ __all__ = [
     "SAFETENSORS_NAME",
     "save_checkpoint",
     "load_checkpoint",
+    "encode_checkpoint",
+    "read_checkpoint_file",
+    "DamagedCheckpoint",
     "verify_checkpoint",
     "remove_checkpoints",
     "remove_temp_files",
@@ -132,30 +136,41 @@ def _manifest(payload: dict[str, Any]) -> dict[str, Any]:
 def _verify_manifest(ckpt: dict[str, Any], path: Path) -> None:
     manifest = ckpt.pop("manifest", None)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict):
-        raise _Damaged(f"{path} has no integrity manifest")
+        raise DamagedCheckpoint(f"{path} has no integrity manifest")
     want = manifest["tensors"]
     got = dict(_walk(ckpt, ""))
     if set(got) != set(want):
         missing = sorted(set(want) ^ set(got))[:3]
-        raise _Damaged(f"{path}: tensors differ from its manifest ({', '.join(missing)})")
+        raise DamagedCheckpoint(f"{path}: tensors differ from its manifest ({', '.join(missing)})")
     for p, t in got.items():
         if tensor_sha256(t) != want[p]:
-            raise _Damaged(f"{path}: checksum mismatch in tensor {p.lstrip('/')}")
+            raise DamagedCheckpoint(f"{path}: checksum mismatch in tensor {p.lstrip('/')}")
     meta = json.dumps(_skeleton(ckpt), sort_keys=True, allow_nan=True)
     if hashlib.sha256(meta.encode()).hexdigest() != manifest.get("meta"):
-        raise _Damaged(f"{path}: checksum mismatch in its non-tensor fields")
+        raise DamagedCheckpoint(f"{path}: checksum mismatch in its non-tensor fields")
 
 
-class _Damaged(Exception):
-    """A checkpoint file that cannot be read or fails its checksums."""
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that cannot be read or fails its checksums (internal: callers
+    turn it into a fallback to the previous checkpoint or a :class:`DataError`)."""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters)."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
 
 
 # ---------------------------------------------------------------------------- save / load
+def encode_checkpoint(payload: dict[str, Any]) -> bytes:
+    """``payload`` plus its version tag and integrity manifest, as ``torch.save`` bytes."""
+    body = {"checkpoint_version": CHECKPOINT_VERSION, **payload}
+    body["manifest"] = _manifest(body)
+    buf = io.BytesIO()
+    torch.save(body, buf)
+    return buf.getvalue()
+
+
 def save_checkpoint(run_dir: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as the newest checkpoint of ``run_dir``; keep the previous one.
 
@@ -164,11 +179,7 @@ def save_checkpoint(run_dir: str | os.PathLike, payload: dict[str, Any]) -> Path
     from what was written (the previous checkpoint is kept).
     """
     run_dir = Path(run_dir)
-    body = {"checkpoint_version": CHECKPOINT_VERSION, **payload}
-    body["manifest"] = _manifest(body)
-    buf = io.BytesIO()
-    torch.save(body, buf)
-    data = buf.getvalue()
+    data = encode_checkpoint(payload)
     newest, prev = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_CHECKPOINT_NAME
     if newest.is_file():  # verified when written or when resumed from; kept until the new
         os.replace(newest, prev)  # one is verified
@@ -179,16 +190,18 @@ def save_checkpoint(run_dir: str | os.PathLike, payload: dict[str, Any]) -> Path
     return newest
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_checkpoint_file(path: Path) -> dict[str, Any]:
+    """The payload of one checkpoint file, loaded weights-only and checked against its
+    manifest; raises :class:`DamagedCheckpoint`."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable, truncated, or a pickle that is not weights-only
-        raise _Damaged(f"{path} cannot be loaded safely ({_first_line(exc)})") from None
+        raise DamagedCheckpoint(f"{path} cannot be loaded safely ({first_line(exc)})") from None
     if not isinstance(ckpt, dict):
-        raise _Damaged(f"{path} is not a moescale checkpoint (a {type(ckpt).__name__})")
+        raise DamagedCheckpoint(f"{path} is not a moescale checkpoint (a {type(ckpt).__name__})")
     version = ckpt.get("checkpoint_version")
     if version != CHECKPOINT_VERSION:
-        raise _Damaged(
+        raise DamagedCheckpoint(
             f"'checkpoint_version' of {path} must be {CHECKPOINT_VERSION}; got {version!r}"
         )
     _verify_manifest(ckpt, path)
@@ -254,8 +267,8 @@ def load_checkpoint(
         if path.is_symlink() or not path.is_file():
             raise DataError(f"checkpoint {path} must be a regular file (not a link or folder)")
         try:
-            ckpt = _read(path)
-        except _Damaged as exc:
+            ckpt = read_checkpoint_file(path)
+        except DamagedCheckpoint as exc:
             problems.append(str(exc))
             continue
         if problems:
@@ -270,22 +283,30 @@ def load_checkpoint(
     return None
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_checkpoints(run_dir: str | os.PathLike) -> None:
-    """Delete every checkpoint generation (a finished run needs none)."""
-    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, DAMAGED_CHECKPOINT_NAME):
-        (Path(run_dir) / name).unlink(missing_ok=True)
+    """Delete every checkpoint generation, file or sharded folder (a finished run needs none)."""
+    for p in Path(run_dir).glob("checkpoint.*"):
+        if p.name.endswith((".pt", ".dcp")):
+            _remove(p)
 
 
 def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files a killed :func:`atomic_write` left in ``run_dir``.
+    """Delete the ``.<name>.*.tmp`` files (and sharded-checkpoint folders) that a killed
+    :func:`atomic_write` or sharded save left in ``run_dir``.
 
     Call only while holding the run folder (no other writer). Returns the paths removed.
     """
     removed = []
     for p in Path(run_dir).glob(".*.tmp"):
-        if p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
-            removed.append(p)
+        _remove(p)
+        removed.append(p)
     return removed
 
 
@@ -327,7 +348,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(f"cannot load weights {path} safely ({_first_line(exc)})") from None
+        raise DataError(f"cannot load weights {path} safely ({first_line(exc)})") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise DataError(f"{path} is not a state dict of tensors")
     return sd
