@@ -47,6 +47,12 @@ def real_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
+def _check_empty(field: str, path: str | os.PathLike) -> None:
+    """``Path('')`` is ``.``: an empty name must be refused before it becomes a Path."""
+    if not os.fspath(path).strip():
+        raise ConfigError(f"{field!r} must be a path; got {os.fspath(path)!r}")
+
+
 def _check_name(field: str, path: Path) -> None:
     text = os.fspath(path)
     if not text.strip():
@@ -109,6 +115,7 @@ def check_output_file(
     >>> check_output_file(Path(tempfile.mkdtemp()) / "runs.csv").name
     'runs.csv'
     """
+    _check_empty(field, path)
     path = Path(path)
     _check_name(field, path)
     if path.is_symlink():
@@ -137,6 +144,7 @@ def check_output_dir(path: str | os.PathLike, *, field: str = "--out") -> Path:
     A file, a device, a symlink to a non-folder, an over-long name or a read-only parent
     is a one-line :class:`ConfigError`.
     """
+    _check_empty(field, path)
     path = Path(path)
     _check_name(field, path)
     if path.exists():

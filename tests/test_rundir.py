@@ -8,7 +8,7 @@ import os
 import pytest
 
 from moescale.errors import ConfigError, DataError
-from moescale.train.rundir import claim_run_dir, inspect_run_dir, resolve_out
+from moescale.train.rundir import claim_run_dir, inspect_run_dir
 
 NAMES = ("moescale_run.json", "config.json")
 
@@ -18,32 +18,32 @@ def _record(folder, name="moescale_run.json", key=None):
     (folder / name).write_text(json.dumps({"run_key": key or {"spec": {}, "train": {}}}))
 
 
-def test_resolve_out_refusals(tmp_path):
-    with pytest.raises(ConfigError, match="'out' must be a folder path; got ''"):
-        resolve_out("")
-    with pytest.raises(ConfigError, match="name of 300 bytes; the limit is 255"):
-        resolve_out(tmp_path / ("x" * 300))
+def test_out_path_refusals(tmp_path):
+    with pytest.raises(ConfigError, match="'out' must be a path; got ''"):
+        inspect_run_dir("", NAMES)
+    with pytest.raises(ConfigError, match="names of at most 255 bytes; got a name of 300"):
+        inspect_run_dir(tmp_path / ("x" * 300), NAMES)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigError, match="exists and is not a folder"):
-        resolve_out(tmp_path / "file")
+    with pytest.raises(ConfigError, match="must be a folder .* is a file"):
+        inspect_run_dir(tmp_path / "file", NAMES)
     (tmp_path / "dangling").symlink_to(tmp_path / "missing")
-    with pytest.raises(ConfigError, match=r"symbolic link to .*missing.*which does not exist"):
-        resolve_out(tmp_path / "dangling")
+    with pytest.raises(ConfigError, match=r"is a dangling symlink \(to .*missing"):
+        inspect_run_dir(tmp_path / "dangling", NAMES)
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    assert resolve_out(tmp_path / "link") == tmp_path / "link"  # a link to a folder is fine
+    assert inspect_run_dir(tmp_path / "link", NAMES).record is None  # a link to a folder
 
 
 def test_inspect_accepts_absent_empty_and_runs(tmp_path):
-    assert inspect_run_dir(tmp_path / "new" / "deeper", NAMES) is None
+    assert inspect_run_dir(tmp_path / "new" / "deeper", NAMES).record is None
     assert not (tmp_path / "new").exists()  # nothing created
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / ".lock").write_text("")  # a sweep worker's lock
     (empty / ".moescale_run.json.ab12.tmp").write_text("{")  # a killed first write
-    assert inspect_run_dir(empty, NAMES) is None
+    assert inspect_run_dir(empty, NAMES).record is None
     _record(tmp_path / "run", "config.json")  # schema-1 name
-    path, record = inspect_run_dir(tmp_path / "run", NAMES)
+    _, path, record = inspect_run_dir(tmp_path / "run", NAMES)
     assert path.name == "config.json" and "run_key" in record
 
 
@@ -85,7 +85,7 @@ def test_inspect_refuses_unwritable_parent(tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        with pytest.raises(ConfigError, match="cannot be created: .* is not writable"):
+        with pytest.raises(ConfigError, match="must be in a writable folder; .* is read-only"):
             inspect_run_dir(ro / "run", NAMES)
     finally:
         ro.chmod(0o755)

@@ -78,7 +78,7 @@ def test_unwritable_out_dir(spec, tmp_path, capsys, cache):
     code, cap = _exit(["train", spec, "--compute", "1e9", "--out", str(blocker / "run")],
                       capsys)
     assert code == 2
-    _one_line_error(cap, "not writable")
+    _one_line_error(cap, "must be inside a folder", "is a file")
 
 
 def test_missing_spec(tmp_path, capsys):

@@ -19,7 +19,8 @@ _MAIN = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prin
 def train_cmd(
     config: Path = typer.Argument(..., help="Spec TOML (optional train table) or HF config.json."),
     compute: str = typer.Option(None, "--compute", help="Compute budget C in FLOPs (Ling M·D)."),
-    out: Path = typer.Option(..., "--out", help="Run folder (re-running resumes it)."),
+    # a str, not a Path: Path("") is ".", and an empty --out must be refused, not the cwd
+    out: str = typer.Option(..., "--out", help="Run folder (re-running resumes it)."),
     seq_len: int = typer.Option(None, "--seq-len", help="Sequence length s (default 256)."),
     lr: str = typer.Option(None, "--lr", help="Peak LR (default [EL] Eq. 3: "
                            f"{_EQ3_LR})."),
@@ -58,6 +59,10 @@ def train_cmd(
     fsdp: bool = typer.Option(None, "--fsdp", help="FSDP2 instead of DDP (CUDA, torchrun)."),
     threads: int = typer.Option(None, "--threads", help="CPU threads per rank."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar."),
+    ignore_memory_check: bool = typer.Option(
+        False, "--ignore-memory-check",
+        help="Train even when the memory estimate exceeds the RAM / GPU memory available.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result record as JSON."),
 ) -> None:
     """Train CONFIG for C FLOPs (D = C / M tokens) and write metrics, checkpoints, result."""
@@ -93,7 +98,8 @@ def train_cmd(
         "threads": threads,
     }
     spec, cfg = load_run_config(config, overrides)
-    result = train(spec, cfg, out, progress=progress if _MAIN else False)
+    result = train(spec, cfg, out, progress=progress if _MAIN else False,
+                   ignore_memory_check=ignore_memory_check)
     if _MAIN:
         if as_json:
             print_json(result)

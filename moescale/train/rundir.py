@@ -16,54 +16,27 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from moescale.errors import ConfigError, DataError
+from moescale.paths import check_output_dir
 
-__all__ = ["resolve_out", "inspect_run_dir", "claim_run_dir", "NAME_MAX"]
-
-NAME_MAX = 255
-"""Longest file name (bytes) of the common Linux file systems."""
+__all__ = ["RunFolder", "inspect_run_dir", "claim_run_dir"]
 
 IGNORED = frozenset({".lock", ".write_probe"})
 """Entries that do not make a folder a run: a sweep worker's lock, an interrupted probe."""
 
 
+class RunFolder(NamedTuple):
+    """A validated run folder and its run record (``None`` when absent or empty)."""
+
+    path: Path
+    record_path: Path | None
+    record: dict[str, Any] | None
+
+
 def _is_temp(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp")
-
-
-def resolve_out(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` as a path, refused (:class:`ConfigError`) when it cannot be a run folder:
-    empty, a component longer than :data:`NAME_MAX` bytes, a dangling symbolic link, or an
-    existing non-folder."""
-    text = os.fspath(out_dir)
-    if not str(text).strip():
-        raise ConfigError("'out' must be a folder path; got ''")
-    path = Path(text)
-    for part in path.parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            raise ConfigError(
-                f"'out' has a name of {len(os.fsencode(part))} bytes; the limit is {NAME_MAX}"
-            )
-    if path.is_symlink() and not path.exists():
-        raise ConfigError(
-            f"'out' {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not "
-            "exist; create the target folder or use another path"
-        )
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"'out' {str(path)!r} exists and is not a folder")
-    return path
-
-
-def _check_creatable(path: Path) -> None:
-    parent = path.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"'out' {str(path)!r} cannot be created: {str(parent)!r} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"'out' {str(path)!r} cannot be created: {str(parent)!r} is not writable")
 
 
 def _refuse_links(folder: Path) -> None:
@@ -76,19 +49,19 @@ def _refuse_links(folder: Path) -> None:
             )
 
 
-def inspect_run_dir(out: Path, record_names: Sequence[str]) -> tuple[Path, dict[str, Any]] | None:
-    """Check ``out`` without writing; return ``(path, record)`` of its run record, or ``None``.
+def inspect_run_dir(out_dir: str | os.PathLike, record_names: Sequence[str]) -> RunFolder:
+    """Check the run folder ``out_dir`` without writing anything.
 
     ``record_names`` are the file names (in order of preference) of a run record: a JSON
-    object with a ``run_key``. Raises :class:`ConfigError` if ``out`` cannot be created,
-    is not writable, holds a symbolic link (also in ``tb/``), or is not empty and holds no
-    run record (only a sweep's ``.lock`` and interrupted temp files are ignored).
+    object with a ``run_key``; the caller compares that identity with its own. Raises
+    :class:`ConfigError` if ``out_dir`` is empty (``''``), not a folder, a dangling link,
+    cannot be created or written (:func:`moescale.paths.check_output_dir`), holds a
+    symbolic link (also in ``tb/``), or is not empty and holds no run record (only a
+    sweep's ``.lock`` and interrupted temp files are ignored).
     """
+    out = check_output_dir(out_dir, field="out")
     if not out.exists():
-        _check_creatable(out)
-        return None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"output folder {str(out)!r} is not writable")
+        return RunFolder(out, None, None)
     try:
         _refuse_links(out)
         if (out / "tb").is_dir():
@@ -105,7 +78,7 @@ def inspect_run_dir(out: Path, record_names: Sequence[str]) -> tuple[Path, dict[
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"cannot read run record {path}: {exc}; delete it to retrain") from None
         if isinstance(record, dict) and isinstance(record.get("run_key"), dict):
-            return path, record
+            return RunFolder(out, path, record)
     other = [e.name for e in entries if e.name not in IGNORED and not _is_temp(e)]
     if other:
         shown = ", ".join(other[:4]) + (", ..." if len(other) > 4 else "")
@@ -114,7 +87,7 @@ def inspect_run_dir(out: Path, record_names: Sequence[str]) -> tuple[Path, dict[
             f"{' or '.join(record_names)} with a run_key; holds {shown}); "
             "use an empty or new folder"
         )
-    return None
+    return RunFolder(out, None, None)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from moescale.errors import ConfigError, DataError
 from moescale.spec.model_spec import ModelSpec
 from moescale.train import parallel
 from moescale.train.config import TrainConfig, TrainPlan
+from moescale.train.resources import check_threads, cpu_cores
 from moescale.train.step import TrainParts
 
 __all__ = [
@@ -50,13 +51,6 @@ class Runtime:
         return d
 
 
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 SMALL_MICRO_STEP_FLOPS = 2e9
 """Below this many FLOPs per micro-step (Ling M × micro-batch tokens) one CPU thread is
 faster than several: parallel regions of tiny GEMMs cost more than they save, and on a
@@ -69,7 +63,7 @@ def default_threads(plan: TrainPlan | None, ctx: parallel.DistContext) -> int:
         micro_flops = plan.flops_per_token * plan.micro_batch_size * plan.seq_len
         if micro_flops < SMALL_MICRO_STEP_FLOPS:
             return 1
-    return max(1, _cpu_cores() // max(1, ctx.local_world_size))
+    return max(1, cpu_cores() // max(1, ctx.local_world_size))
 
 
 COMPILE_MIN_RUN_FLOPS = 1e13
@@ -104,6 +98,8 @@ def runtime_settings(
     ``torch.compile`` choice when the config leaves them unset.
     """
     cuda = ctx.device.type == "cuda"
+    if config.threads is not None:
+        check_threads(config.threads)  # more threads than cores: slower, and 1e5 segfaults
     threads = config.threads or default_threads(plan, ctx)
     torch.set_num_threads(threads)
     if not cuda:

@@ -13,7 +13,7 @@ A save writes into a temporary folder, then rank 0 hashes the files, writes ``me
 renames the folders (newest → previous, temporary → newest). Loading verifies ``meta.pt``
 and every file's checksum first, reads ``.metadata`` with an unpickler that admits only
 DCP's metadata classes (DCP itself uses plain ``pickle``), and refuses non-tensor items
-(DCP would unpickle them with ``weights_only=False``).
+(DCP would unpickle them with ``torch.load`` unrestricted).
 """
 
 from __future__ import annotations

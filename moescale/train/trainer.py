@@ -13,7 +13,8 @@ C. Outputs in ``out_dir``:
   statistics (e.g. ``max_load_ratio``, averaged over micro-batches and ranks);
 - ``tb/`` — TensorBoard events (also throughput and MFU);
 - ``checkpoint.pt`` (+ ``checkpoint.prev.pt``) while running (atomic, checksummed, weights-only;
-  a re-run resumes from it), ``model.pt`` and ``model.safetensors`` at the end;
+  a re-run resumes from it; under FSDP2 the sharded ``checkpoint.dcp/``), ``model.pt`` and
+  ``model.safetensors`` at the end (the same moescale key names);
 - ``result.json`` — the run record (see :func:`train`).
 
 Under ``torchrun`` every rank runs :func:`train`; rank 0 writes every file.
@@ -47,9 +48,12 @@ from moescale.train.checkpoint import (
 )
 from moescale.train.config import TRAIN_SCHEMA_VERSION, TrainConfig, TrainPlan, resolve_plan
 from moescale.train.identity import identity_diff, run_identity, upgrade_identity
+from moescale.train.resources import check_budget, check_memory, estimate_memory
 from moescale.train.run_log import MetricsLog, ProgressBar, tensorboard_writer
+from moescale.train.rundir import claim_run_dir, inspect_run_dir
 from moescale.train.schedule import lr_at
 from moescale.train.setup import build_training, open_training_data, runtime_settings
+from moescale.train.sharded import load_sharded, save_sharded
 from moescale.train.step import StepResult, eval_losses, train_step
 from moescale.train.throughput import gemm_peak_flops
 
@@ -72,16 +76,6 @@ def _check_same_run(stored: dict[str, Any], identity: dict[str, Any], where: Pat
         )
 
 
-def _prepare_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output folder {str(out)!r} is not writable: {exc.strerror}") from None
-
-
 def _finished(out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     path = out / RESULT_NAME
     if not path.is_file():
@@ -100,13 +94,19 @@ def train(
     out_dir: str | os.PathLike,
     *,
     progress: bool | None = None,
+    ignore_memory_check: bool = False,
 ) -> dict[str, Any]:
     """Train ``spec`` to ``config.compute`` FLOPs; return the run record (``result.json``).
 
     Idempotent: a folder holding a finished run with the same config returns its
     record without training; a folder holding a checkpoint resumes from it (the
     resumed run is bit-identical to an uninterrupted one on CPU). A folder of a
-    run with a different spec or config raises :class:`ConfigError`.
+    run with a different spec or config raises :class:`ConfigError`, and so does a
+    folder that is not empty and not a moescale run, or that holds a symbolic link
+    (:func:`~moescale.train.rundir.inspect_run_dir`). Before anything is built or
+    written, a budget below one optimizer step and a run whose memory estimate
+    (:func:`~moescale.train.resources.estimate_memory`) exceeds the machine's are
+    refused; ``ignore_memory_check`` skips the latter.
 
     Returns
     -------
@@ -123,8 +123,11 @@ def train(
     >>> spec = ModelSpec(d_model=32, n_layers=1, n_heads=2, vocab_size=257, d_ffn=64)
     >>> r = train(spec, TrainConfig(compute=1e9, seq_len=32), "/tmp/run")  # doctest: +SKIP
     """
-    out = Path(out_dir)
+    folder = inspect_run_dir(out_dir, (RUN_CONFIG_NAME, LEGACY_RUN_CONFIG_NAME, RESULT_NAME))
+    out = folder.path
     key = run_identity(spec, config)
+    if folder.record is not None:
+        _check_same_run(folder.record["run_key"], key, folder.record_path)
     ctx = parallel.init_distributed(config.device)
     # the run sets process-global torch state; give the caller theirs back afterwards
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
@@ -133,10 +136,9 @@ def train(
         done = _finished(out, key)
         if done is not None:
             return done
-        if ctx.is_main:
-            _prepare_dir(out)
-        parallel.barrier(ctx)
-        return _Run(spec, config, out, ctx, key, progress).run()
+        run = _Run(spec, config, out, ctx, key, progress, ignore_memory_check)
+        with _claimed(out, ctx):  # created only now: a refused run leaves no folder
+            return run.run()
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
@@ -146,10 +148,17 @@ def train(
 class _Run:
     """One training run; state that a checkpoint captures lives in attributes."""
 
-    def __init__(self, spec, config, out, ctx, key, progress) -> None:
+    def __init__(self, spec, config, out, ctx, key, progress, ignore_memory_check) -> None:
         self.spec, self.config, self.out, self.ctx, self.key = spec, config, out, ctx, key
         self.plan: TrainPlan = resolve_plan(spec, config, ctx.world_size)
+        plan = self.plan
+        check_budget(config.compute, plan.batch_tokens, plan.flops_per_token)
         self.runtime = runtime_settings(config, ctx, self.plan, moe=spec.is_moe)
+        self.memory = estimate_memory(
+            spec, plan.micro_batch_size * plan.seq_len, world_size=ctx.world_size,
+            fsdp=self.runtime.fsdp, bf16=self.runtime.autocast_dtype is not None)
+        if not ignore_memory_check:
+            check_memory(self.memory, str(ctx.device), ranks_here=ctx.local_world_size)
         self.progress_enabled = progress
         self.data, self.val = open_training_data(spec, config, self.plan, ctx)
         self.parts = build_training(spec, config, ctx, self.runtime)
@@ -190,14 +199,19 @@ class _Run:
                 record = json.loads(path.read_text())
                 if isinstance(record, dict) and "run_key" in record:  # not an HF config
                     _check_same_run(record["run_key"], self.key, path)
-        ckpt = load_checkpoint(self.out, n_steps=self.plan.n_steps,
-                               world_size=self.ctx.world_size, quarantine=self.ctx.is_main)
+        if self.runtime.fsdp:  # sharded (DCP): loads into any number of ranks
+            ckpt = load_sharded(self.out, self.parts.model, self.parts.optimizer, self.ctx,
+                                n_steps=self.plan.n_steps, batch_tokens=self.plan.batch_tokens)
+        else:
+            ckpt = load_checkpoint(self.out, n_steps=self.plan.n_steps,
+                                   world_size=self.ctx.world_size, quarantine=self.ctx.is_main)
         if ckpt is None:
             self.metrics.truncate(0)
             return
         _check_same_run(ckpt["run_key"], self.key, self.out / CHECKPOINT_NAME)
-        parallel.load_state(self.parts.model, self.parts.optimizer, ckpt["model"],
-                            ckpt["optimizer"], self.runtime.fsdp)
+        if not self.runtime.fsdp:
+            parallel.load_state(self.parts.model, self.parts.optimizer, ckpt["model"],
+                                ckpt["optimizer"], fsdp=False)
         set_rng_state(ckpt["rng"])
         self.start_step = int(ckpt["step"])
         self.wall_prev = float(ckpt["wall_time_s"])
@@ -206,17 +220,11 @@ class _Run:
         self.metrics.truncate(int(ckpt["metrics_lines"]))
 
     def _checkpoint(self, next_step: int) -> None:
-        fsdp = self.runtime.fsdp
-        model_sd = parallel.model_state(self.parts.model, fsdp)  # collective under FSDP2
-        optim_sd = parallel.optimizer_state(self.parts.model, self.parts.optimizer, fsdp)
-        if not self.ctx.is_main:
-            return
         self.metrics.sync()
         payload = {
             "run_key": self.key,
             "step": next_step,
-            "model": model_sd,
-            "optimizer": optim_sd,
+            "batch_tokens": self.plan.batch_tokens,
             "rng": rng_state(),
             "metrics_lines": self.metrics.lines,
             "wall_time_s": self._wall(),
@@ -224,7 +232,13 @@ class _Run:
             "last_val_loss": self.last_val,
             "world_size": self.ctx.world_size,
         }
-        save_checkpoint(self.out, payload)
+        model, optimizer = self.parts.model, self.parts.optimizer
+        if self.runtime.fsdp:  # collective: every rank writes its shards
+            save_sharded(self.out, model, optimizer, payload, self.ctx)
+        elif self.ctx.is_main:
+            payload["model"] = model.state_dict()
+            payload["optimizer"] = optimizer.state_dict()
+            save_checkpoint(self.out, payload)
 
     # ------------------------------------------------------------------ steps
     def _wall(self) -> float:
@@ -418,6 +432,25 @@ class _Run:
             "runtime": self.runtime.to_dict(),
             "run_key": self.key,
         }
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, ctx: parallel.DistContext):
+    """Rank 0 creates and locks the run folder (:func:`claim_run_dir`); every rank learns
+    whether it could, so no rank waits at a barrier for one that failed."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(claim_run_dir(out))
+            except ConfigError as exc:
+                error = exc
+        failed = parallel.broadcast_object(None if error is None else str(error), ctx)
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise ConfigError(failed)
+        yield
 
 
 def _agree(flag: bool, ctx: parallel.DistContext) -> bool:
