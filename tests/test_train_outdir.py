@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from _train_helpers import REPO, TINY_DENSE, env_with, run, train_cmd, write_spec
@@ -27,8 +28,8 @@ def _refused(done, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return env_with(tmp_path_factory.mktemp("cache"))
+def env(token_cache):
+    return env_with(Path(token_cache))
 
 
 def test_bad_out_folders_are_refused_and_left_alone(tmp_path, env):
@@ -62,9 +63,9 @@ def test_failed_checks_leave_no_folder(tmp_path, env):
     assert not (tmp_path / "new").exists()
 
 
-def test_symlink_inside_a_run_folder_never_touches_its_target(tmp_path):
+def test_symlink_inside_a_run_folder_never_touches_its_target(tmp_path, token_cache):
     spec = ModelSpec(name="tiny", d_model=32, n_layers=2, n_heads=2, vocab_size=257, d_ffn=64)
-    cfg = TrainConfig(compute=1e9, seq_len=32, cache_dir=str(tmp_path / "cache"), threads=1)
+    cfg = TrainConfig(compute=1e9, seq_len=32, cache_dir=token_cache, threads=1)
     out = tmp_path / "run"
     train(spec, cfg, out)
     (out / "result.json").unlink()  # as if interrupted
@@ -77,9 +78,9 @@ def test_symlink_inside_a_run_folder_never_touches_its_target(tmp_path):
     assert victim.read_text() == "line\n" * 100_000
 
 
-def test_memory_check_refuses_and_the_override_forces(tmp_path, monkeypatch):
+def test_memory_check_refuses_and_the_override_forces(tmp_path, monkeypatch, token_cache):
     spec = ModelSpec(name="tiny", d_model=32, n_layers=2, n_heads=2, vocab_size=257, d_ffn=64)
-    cfg = TrainConfig(compute=1e9, seq_len=32, cache_dir=str(tmp_path / "cache"), threads=1)
+    cfg = TrainConfig(compute=1e9, seq_len=32, cache_dir=token_cache, threads=1)
     monkeypatch.setattr(rs, "available_memory", lambda device="cpu": 1000)
     with pytest.raises(ConfigError, match=r"needs about .* GiB of memory, 9\.31e-07 GiB RAM"):
         train(spec, cfg, tmp_path / "run")
@@ -87,9 +88,9 @@ def test_memory_check_refuses_and_the_override_forces(tmp_path, monkeypatch):
     assert train(spec, cfg, tmp_path / "run", ignore_memory_check=True)["status"] == "completed"
 
 
-def test_concurrent_trainer_on_one_folder_is_refused(tmp_path):
+def test_concurrent_trainer_on_one_folder_is_refused(tmp_path, token_cache):
     spec = ModelSpec(name="tiny", d_model=32, n_layers=2, n_heads=2, vocab_size=257, d_ffn=64)
-    cfg = TrainConfig(compute=1e9, seq_len=32, cache_dir=str(tmp_path / "cache"), threads=1)
+    cfg = TrainConfig(compute=1e9, seq_len=32, cache_dir=token_cache, threads=1)
     with claim_run_dir(tmp_path / "run"), pytest.raises(ConfigError, match="in use by another"):
         train(spec, cfg, tmp_path / "run")
 

@@ -152,8 +152,8 @@ class _Run:
         self.spec, self.config, self.out, self.ctx, self.key = spec, config, out, ctx, key
         self.plan: TrainPlan = resolve_plan(spec, config, ctx.world_size)
         plan = self.plan
-        check_budget(config.compute, plan.batch_tokens, plan.flops_per_token)
         self.runtime = runtime_settings(config, ctx, self.plan, moe=spec.is_moe)
+        check_budget(config.compute, plan.batch_tokens, plan.flops_per_token)
         self.memory = estimate_memory(
             spec, plan.micro_batch_size * plan.seq_len, world_size=ctx.world_size,
             fsdp=self.runtime.fsdp, bf16=self.runtime.autocast_dtype is not None)
