@@ -87,6 +87,11 @@ FAMILIES: dict[str, dict] = {
               "mamba_proj_bias": True},
     "minimax": {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
                 "num_hidden_layers": 5},
+    "nemotron_h": {"head_dim": 16, "hybrid_override_pattern": "M-M*-EM*E", "mamba_num_heads": 8,
+                   "mamba_head_dim": 16, "ssm_state_size": 8, "n_groups": 2, "conv_kernel": 3,
+                   "n_routed_experts": 4, "num_experts_per_tok": 2, "mlp_bias": True,
+                   "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 48,
+                   "use_bias": True},
     "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 3, "vocab_size": 128,
              "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0},
              "ffn_config": {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}},
@@ -171,6 +176,7 @@ def test_kimi_k2_total(configs_dir):
     {"norm": "layer"}, {"norm_bias": True}, {"norms_per_layer": 4}, {"ffn_bias": True},
     {"head_bias": True}, {"nope_layers": (1,)}, {"qk_norm": "l2"},
     {"sliding_window": 4, "local_attention": "chunked"}, {"attention_gate": True},
+    {"gated_ffn": False}, {"ffn_layers": (0,)}, {"mixerless_layers": (1,)},
     {"mixer": "mamba", "mixer_layers": (0,), "mixer_conv": 4, "mamba_d_inner": 64,
      "mamba_d_state": 8, "mamba_dt_rank": 2},
 ])
@@ -227,6 +233,20 @@ def test_hybrid_layouts_and_mixer_flops(tmp_path):
     fewer = jamba.replace(mixer_layers=(0, 2, 3))  # layer 5 back to attention
     diff = flops_per_token(jamba, training=False) - flops_per_token(fewer, training=False)
     assert diff == mamba - 2 * (2 * 64 * 64 + 2 * 64 * 32) - 2 * 4096 * 4 * 16 * 2
+    # Nemotron-H "M-M*-EM*E": one Mamba-2 layer, d = 64, 8 heads of 16 (d_inner 128),
+    # 2 groups, N = 8, kernel 3: in_proj 64·(256+32+8) + out 128·64 = 27,136 weights ->
+    # 54,272 FLOPs; conv 2·3·(128+32) = 960; state 6·128·8 = 6,144.
+    nem = load_spec(_saved_path(tmp_path / "nem", "nemotron_h"))
+    assert nem.mixer_layers == (0, 2, 6) and nem.n_attention_layers == 2
+    assert nem.ffn_layers == (1, 4, 5, 8) and nem.moe_layers == (5, 8) and not nem.gated_ffn
+    attn = 2 * (2 * 64 * 64 + 2 * 64 * 32) + 2 * 4096 * 4 * 16 * 2
+    fewer = nem.replace(mixer_layers=(0, 2))  # layer 6 becomes attention
+    diff = flops_per_token(nem, training=False) - flops_per_token(fewer, training=False)
+    assert diff == 54_272 + 960 + 6_144 - attn
+    # its squared-ReLU MLP (up, down): 4·d·d_ffn; layer 1 made an attention-only block
+    no_mlp = nem.replace(ffn_layers=(4, 5, 8), mixerless_layers=(4, 5, 8))
+    diff = flops_per_token(nem, training=False) - flops_per_token(no_mlp, training=False)
+    assert diff == 4 * 64 * 96 - attn
     # One lightning layer, d = 64, 4 heads of 16: qkv 64·192 + gate 64·64 + out 64·64
     # = 20,480 weights -> 40,960 FLOPs; state 4·4·16² = 4,096.
     mm = load_spec(_saved_path(tmp_path / "minimax", "minimax"))

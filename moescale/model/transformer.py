@@ -8,8 +8,9 @@ spec option the accounting counts is built, so ``sum(p.numel())`` equals
 ``count_params(spec).total`` (plus the selection-bias buffers when the spec has them,
 see :meth:`Transformer.param_counts`). Not built (``ConfigError``): MLA, attention sinks
 and expert biases (gpt-oss), LayerNorm and norm/FFN/head biases, other than two norms
-per block, NoPE layers, chunked attention, parameter-free L2 QK-norm, gated attention
-and hybrid mixer layers (imported HF families); the accounting still counts those specs.
+per block, NoPE layers, chunked attention, parameter-free L2 QK-norm, gated attention,
+hybrid mixer layers, ungated FFNs and single-sublayer blocks (imported HF families);
+the accounting still counts those specs.
 
 Conventions: weights ``N(0, init_std²)`` (0.006 as in [EL]), norm weights 1, biases 0;
 RMSNorm eps 1e-6 computed in fp32; partial RoPE rotates the first
@@ -202,6 +203,9 @@ class Transformer(nn.Module):
             (spec.qk_norm == "l2", "qk_norm='l2'"),
             (spec.mixer != "none", f"mixer={spec.mixer!r} (hybrid mixer layers)"),
             (spec.attention_gate, "attention_gate=True"),
+            (not spec.gated_ffn, "gated_ffn=False"),
+            (spec.ffn_layers is not None, "ffn_layers (blocks without an FFN)"),
+            (bool(spec.mixerless_layers), "mixerless_layers (blocks without attention)"),
         ):
             if flag:
                 raise ConfigError(

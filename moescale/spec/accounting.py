@@ -162,6 +162,16 @@ def _mixer_params(s: ModelSpec) -> int:
         if s.mamba_inner_norms:
             total += r + 2 * n
         return total
+    if s.mixer == "mamba2":
+        di, n, h, g = s.mamba_d_inner, s.mamba_d_state, s.mamba_heads, s.mamba_groups
+        conv = di + 2 * g * n
+        # in_proj (x, z, B, C, dt), conv (+ bias), dt_bias + A_log + D, gated norm, out
+        total = d * (2 * di + 2 * g * n + h) + conv * k + 3 * h + di + di * d
+        if s.mamba_conv_bias:
+            total += conv
+        if s.mamba_proj_bias:
+            total += 2 * di + 2 * g * n + h + d
+        return total
     if s.mixer == "lightning":  # qkv, output gate, out_proj, RMSNorm over n_h * h
         width = s.n_heads * s.head_dim
         return 5 * d * width + width
@@ -172,7 +182,8 @@ def _mixer_flops(s: ModelSpec) -> int:
     """Forward FLOPs per token of one mixer: 2 per projection weight, 2·kernel per
     convolved channel, and the recurrent state: gated DeltaNet 6·n_v·d_k·d_v (read,
     rank-1 update and readout of each head's d_k x d_v state); Mamba 6·d_inner·N
-    (state update h = Ā·h + B̄·x and readout y = C·h); lightning 4·n_h·h² (rank-1
+    (state update h = Ā·h + B̄·x and readout y = C·h), Mamba-2 the same 6·d_inner·N;
+    lightning 4·n_h·h² (rank-1
     update and readout of each head's h x h state)."""
     d, k = s.d_model, s.mixer_conv
     if s.mixer == "gated_deltanet":
@@ -185,6 +196,10 @@ def _mixer_flops(s: ModelSpec) -> int:
         di, n, r = s.mamba_d_inner, s.mamba_d_state, s.mamba_dt_rank
         proj = d * 2 * di + di * (r + 2 * n) + r * di + di * d
         return 2 * proj + 2 * k * di + 6 * di * n
+    if s.mixer == "mamba2":
+        di, n, h, g = s.mamba_d_inner, s.mamba_d_state, s.mamba_heads, s.mamba_groups
+        proj = d * (2 * di + 2 * g * n + h) + di * d
+        return 2 * proj + 2 * k * (di + 2 * g * n) + 6 * di * n
     if s.mixer == "lightning":
         return 2 * 5 * d * s.n_heads * s.head_dim + 4 * s.n_heads * s.head_dim ** 2
     return 0
@@ -204,9 +219,15 @@ def _mtp_params(s: ModelSpec) -> int:
     return s.n_mtp_layers * (block + 2 * d + 2 * d * d + d)
 
 
+def _mats(s: ModelSpec) -> int:
+    """Matrices of one FFN: 3 gated (gate, up, down), 2 ungated (up, down)."""
+    return 3 if s.gated_ffn else 2
+
+
 def _expert_params(s: ModelSpec) -> int:
     """One routed expert: SwiGLU (gate, up, down), plus biases where the spec has them."""
-    return 3 * s.d_model * s.d_expert + ((2 * s.d_expert + s.d_model) if s.expert_bias else 0)
+    bias = ((_mats(s) - 1) * s.d_expert + s.d_model) if s.expert_bias else 0
+    return _mats(s) * s.d_model * s.d_expert + bias
 
 
 def _router_params(s: ModelSpec) -> int:
@@ -222,15 +243,16 @@ def _shared_params(s: ModelSpec) -> int:
     """
     if not s.n_shared_experts:
         return 0
-    n = s.n_shared_experts * 3 * s.d_model * s.d_shared
+    n = s.n_shared_experts * _mats(s) * s.d_model * s.d_shared
     if s.ffn_bias:
-        n += 2 * s.n_shared_experts * s.d_shared + s.d_model
+        n += (_mats(s) - 1) * s.n_shared_experts * s.d_shared + s.d_model
     return n + (s.d_model if s.shared_expert_gate else 0)
 
 
 def _dense_ffn_params(s: ModelSpec) -> int:
     """One dense SwiGLU FFN (gate, up, down), with biases when ``ffn_bias``."""
-    return 3 * s.d_model * s.d_ffn + ((2 * s.d_ffn + s.d_model) if s.ffn_bias else 0)
+    bias = ((_mats(s) - 1) * s.d_ffn + s.d_model) if s.ffn_bias else 0
+    return _mats(s) * s.d_model * s.d_ffn + bias
 
 
 def _norm_params(s: ModelSpec) -> int:
@@ -325,8 +347,9 @@ def _ling_forward(s: ModelSpec, seq_len: int) -> int:
     total = n_att * proj + (n_att - n_slide) * full_scores + s.n_mixer_layers * _mixer_flops(s)
     if n_slide:
         total += n_slide * _attention_flops(s, min(seq_len, s.sliding_window))[1]
-    moe = 6 * d * (s.top_k * s.d_expert + s.n_shared_experts * s.d_shared)
-    return total + s.n_moe_layers * moe + s.n_dense_layer_count * 6 * d * s.d_ffn
+    m = 2 * _mats(s)  # FLOPs per token per (d x width) of FFN: 6 gated, 4 ungated
+    moe = m * d * (s.top_k * s.d_expert + s.n_shared_experts * s.d_shared)
+    return total + s.n_moe_layers * moe + s.n_dense_layer_count * m * d * s.d_ffn
 
 
 def flops_per_token(

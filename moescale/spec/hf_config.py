@@ -694,6 +694,66 @@ def _jamba(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+_NEMOTRON_BLOCKS = {"M": "M", "linear_attention": "M", "mamba": "M", "*": "*",
+                    "full_attention": "*", "attention": "*", "-": "-", "mlp": "-",
+                    "E": "E", "moe": "E"}
+
+
+def _nemotron_h(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Nemotron-H: every block is ONE sublayer behind one RMSNorm: Mamba-2 (M), attention
+    (*), squared-ReLU MLP (-) or MoE of squared-ReLU experts with a shared expert (E),
+    from ``layers_block_type`` (or the older ``hybrid_override_pattern``)."""
+    types = r.cfg.get("layers_block_type", r.cfg.get("layer_types"))
+    key = "layers_block_type"
+    if types is None:
+        types, key = r.cfg.get("hybrid_override_pattern", "M*-E"), "hybrid_override_pattern"
+    if isinstance(types, str):
+        types = list(types)
+    if not isinstance(types, list) or not types or not all(
+            isinstance(t, str) and t in _NEMOTRON_BLOCKS for t in types):
+        raise ConfigError(
+            f"{r._where(key)} must list block types (mamba/linear_attention, "
+            f"attention/full_attention, mlp, moe, or M * - E); got {_short(types)}"
+        )
+    if len(types) > MAX_LAYERS:
+        raise ConfigError(f"{r._where(key)} must list at most {MAX_LAYERS} layers; "
+                          f"got {len(types)}")
+    if r.int("num_nextn_predict_layers", 0, low=0):
+        raise ConfigError(
+            f"{r._where('num_nextn_predict_layers')} > 0 is not supported: Nemotron-H's MTP "
+            "blocks (mtp_layers_block_type) are not part of ModelSpec; use --via transformers"
+        )
+    if r.cfg.get("moe_latent_size") is not None:
+        raise ConfigError(f"{r._where('moe_latent_size')} is not supported: the latent MoE "
+                          "projection is not part of ModelSpec")
+    kinds = [_NEMOTRON_BLOCKS[t] for t in types]
+    n = len(kinds)
+    at = {k: tuple(i for i, t in enumerate(kinds) if t == k) for k in "M*-E"}
+    fields: dict[str, Any] = {
+        "n_layers": n, "norms_per_layer": 1, "gated_ffn": False,
+        "ffn_bias": r.bool("mlp_bias", False),
+        "mixerless_layers": tuple(sorted(at["-"] + at["E"])) or None,
+        "ffn_layers": tuple(sorted(at["-"] + at["E"])),
+        "d_ffn": r.int("intermediate_size") if at["-"] else r.int(
+            "intermediate_size", 0, low=0),
+    }
+    if at["E"]:
+        fields.update(_routed(("n_routed_experts", "num_local_experts"),
+                              "moe_intermediate_size")(r, out))
+        width = r.int("moe_shared_expert_intermediate_size", low=0)
+        fields.update(moe_layers=at["E"], router_score_bias=True,
+                      **_shared(width, fields["d_expert"]))
+    if at["M"]:
+        fields.update(
+            mixer="mamba2", mixer_layers=at["M"], mixer_conv=r.int("conv_kernel", 4),
+            mamba_heads=r.int("mamba_num_heads", 128), mamba_groups=r.int("n_groups", 8),
+            mamba_d_state=r.int("ssm_state_size", 128),
+            mamba_conv_bias=r.bool("use_conv_bias", True),
+            mamba_proj_bias=r.bool("use_bias", False))
+        fields["mamba_d_inner"] = fields["mamba_heads"] * r.int("mamba_head_dim", 64)
+    return fields
+
+
 def _dbrx(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     """DBRX keeps attention and FFN settings in nested ``attn_config`` / ``ffn_config``."""
     attn = r.cfg.get("attn_config") or {}
@@ -853,6 +913,9 @@ _FAMILIES: dict[str, dict[str, Any]] = {
         "qk_norm": "head", "attention_gate": True, **_attn_bias(), "d_ffn": _dense_ffn(),
         "rope_fraction": _partial_rope(0.25), "*mixers": _qwen3_next_mixers},
     "jamba": {**_BASE, "*jamba": _jamba},
+    "nemotron_h": {
+        **{k: v for k, v in _base(head_dim=_head_dim(128)).items() if k != "n_layers"},
+        "*nemotron": _nemotron_h},
     "minimax": {**_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
                 "*window": _no_sliding_types, "*mixers": _minimax_mixers},
 }
@@ -874,8 +937,6 @@ REFUSED_MODEL_TYPES: dict[str, str] = {
     "jetmoe": "attention experts (mixture of attention heads) are not part of ModelSpec",
     "longcat_flash": "zero-computation experts and two attention blocks per layer are not "
                      "part of ModelSpec",
-    "nemotron_h": "Mamba-2 mixers and single-sublayer blocks (mixer or MLP, not both) are not "
-                  "part of ModelSpec",
     "granitemoehybrid": "Mamba-2 mixer layers are not part of ModelSpec",
     "falcon_h1": "parallel Mamba-2 mixers are not part of ModelSpec",
     "bamba": "Mamba-2 mixer layers are not part of ModelSpec",

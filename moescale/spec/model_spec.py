@@ -50,7 +50,7 @@ AttentionKind = Literal["gqa", "mla"]
 QKNorm = Literal["none", "head", "full", "l2"]
 NormKind = Literal["rms", "layer"]
 LocalAttention = Literal["sliding", "chunked"]
-MixerKind = Literal["none", "gated_deltanet", "mamba", "lightning"]
+MixerKind = Literal["none", "gated_deltanet", "mamba", "mamba2", "lightning"]
 
 
 def _count_multiples(k: int, start: int, stop: int) -> int:
@@ -183,8 +183,9 @@ class ModelSpec:
 
     mixer: MixerKind = "none"
     """Token mixer of the ``mixer_layers`` in a hybrid (the other blocks use attention):
-    ``gated_deltanet`` (linear attention, Qwen3-Next), ``mamba`` (selective SSM, Jamba) or
-    ``lightning`` (gated linear attention over the spec's n_heads x head_dim, MiniMax-01).
+    ``gated_deltanet`` (linear attention, Qwen3-Next), ``mamba`` (selective SSM, Jamba),
+    ``mamba2`` (SSD, Nemotron-H) or ``lightning`` (gated linear attention over the spec's
+    n_heads x head_dim, MiniMax-01).
     Parameters are exact; FLOPs follow ``docs/conventions.md`` (mixer kinds)."""
     mixer_layers: tuple[int, ...] | None = None
     """0-based indices of the blocks whose token mixer is ``mixer`` instead of attention."""
@@ -211,6 +212,19 @@ class ModelSpec:
     """Mamba: bias on the depthwise convolution."""
     mamba_inner_norms: bool = False
     """Mamba: RMSNorms on Δ, B and C (Jamba): dt_rank + 2·d_state weights."""
+    mamba_heads: int = 0
+    """Mamba-2: heads H (d_inner = H x head dim)."""
+    mamba_groups: int = 0
+    """Mamba-2: groups G sharing B and C."""
+    mixerless_layers: tuple[int, ...] | None = None
+    """Blocks without a token mixer (neither attention nor ``mixer``): Nemotron-H's
+    MLP-only and MoE-only blocks."""
+    ffn_layers: tuple[int, ...] | None = None
+    """Blocks that have an FFN sublayer (``None``: all). Nemotron-H's mixer blocks have
+    none. With it, MoE blocks must be given as an explicit ``moe_layers`` subset."""
+    gated_ffn: bool = True
+    """FFNs (dense, routed and shared experts) are gated: 3 matrices (SwiGLU). ``False``:
+    up and down only, 2 matrices (Nemotron-H's squared ReLU)."""
 
     n_mtp_layers: int = 0
     """Multi-token-prediction blocks (DeepSeek-V3, Ling 2.0). Excluded from every count
@@ -225,7 +239,8 @@ class ModelSpec:
             check_range(name, getattr(self, name), low=1, integer=True)
         check_range("n_layers", self.n_layers, low=1, high=MAX_LAYERS, integer=True)
         self._check_types()
-        for name in ("moe_layers", "sliding_layers", "nope_layers", "mixer_layers"):
+        for name in ("moe_layers", "sliding_layers", "nope_layers", "mixer_layers",
+                     "mixerless_layers", "ffn_layers"):
             self._normalise_layer_list(name)
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
@@ -240,7 +255,7 @@ class ModelSpec:
             ("qk_norm", ("none", "head", "full", "l2")),
             ("norm", ("rms", "layer")),
             ("local_attention", ("sliding", "chunked")),
-            ("mixer", ("none", "gated_deltanet", "mamba", "lightning")),
+            ("mixer", ("none", "gated_deltanet", "mamba", "mamba2", "lightning")),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -339,8 +354,22 @@ class ModelSpec:
             "gated_deltanet": ("mixer_conv", "linear_key_heads", "linear_value_heads",
                                "linear_key_dim", "linear_value_dim"),
             "mamba": ("mixer_conv", "mamba_d_inner", "mamba_d_state", "mamba_dt_rank"),
+            "mamba2": ("mixer_conv", "mamba_d_inner", "mamba_d_state", "mamba_heads",
+                       "mamba_groups"),
             "lightning": (),
         }
+        if self.mixerless_layers and self.mixer_layers and set(self.mixerless_layers) & set(
+                self.mixer_layers):
+            raise ConfigError(
+                "'mixerless_layers' and 'mixer_layers' must not share a layer; got "
+                f"{sorted(set(self.mixerless_layers) & set(self.mixer_layers))}"
+            )
+        if self.ffn_layers is not None and self.is_moe:
+            if self.moe_layers is None:
+                raise ConfigError("'ffn_layers' needs an explicit 'moe_layers' list")
+            extra = sorted(set(self.moe_layers) - set(self.ffn_layers))
+            if extra:
+                raise ConfigError(f"'moe_layers' must be a subset of 'ffn_layers'; got {extra}")
         if self.mixer == "none":
             if self.mixer_layers:
                 raise ConfigError(
@@ -436,7 +465,12 @@ class ModelSpec:
     @property
     def n_attention_layers(self) -> int:
         """Number of blocks with attention (all of them unless the spec is a hybrid)."""
-        return self.n_layers - self.n_mixer_layers
+        return self.n_layers - self.n_mixer_layers - len(self.mixerless_layers or ())
+
+    @property
+    def n_ffn_layers(self) -> int:
+        """Number of blocks with an FFN sublayer (all of them unless ``ffn_layers``)."""
+        return self.n_layers if self.ffn_layers is None else len(self.ffn_layers)
 
     @property
     def n_sliding_layers(self) -> int:
@@ -452,7 +486,7 @@ class ModelSpec:
     @property
     def n_dense_layer_count(self) -> int:
         """Number of blocks with a dense FFN."""
-        return self.n_layers - self.n_moe_layers
+        return self.n_ffn_layers - self.n_moe_layers
 
     # ------------------------------------------------------------------ ratios
     @property
