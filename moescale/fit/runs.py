@@ -15,6 +15,7 @@ Conventions (LAWS.md §1-2): ``activation_ratio`` A = E_a/E (routed only; 1 for 
 from __future__ import annotations
 
 import io
+import math
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ __all__ = [
     "is_clark_frame",
     "is_chinchilla_frame",
     "validate_positive",
+    "BUDGET_RTOL",
+    "assign_budgets",
+    "assign_configs",
+    "config_key",
 ]
 
 RUN_COLUMNS: tuple[str, ...] = (
@@ -82,6 +87,12 @@ POSITIVE_COLUMNS: tuple[str, ...] = (
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("run", "arch", "compute", "loss")
 """The minimum a run table needs; every other column may be absent (filled with NaN)."""
+
+BUDGET_RTOL = 1e-2
+"""External data without a ``budget`` column: runs whose compute lies within this relative
+distance of a group's smallest compute share a budget (a sweep rounds each run to whole
+steps, ~0.1%; distinct budgets of a sweep and every distinct Clark dense run are ≥ 10%
+apart). Used once, by :func:`assign_budgets`."""
 
 _ARCHES = ("dense", "moe")
 _DROPPED_STATUSES = ("planned", "running", "failed")
@@ -520,3 +531,84 @@ def _clark_from_frame(frame: pd.DataFrame, *, loss_column: str, source: str) -> 
         "loss": pts["loss"].to_numpy(dtype=float),
     })
     return RunTable.from_frame(runs, curves, source=source)
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def assign_budgets(runs: pd.DataFrame, *,
+                   budget_rtol: float = BUDGET_RTOL) -> tuple[pd.DataFrame, bool]:
+    """The runs with a ``budget`` for every row, and whether it had to be derived.
+
+    A sweep assigns each run's budget once, at plan time (the ``budget`` column); that is
+    used as is. Only a table without budgets (external data) gets them here, once: sorted
+    by compute, a run more than ``budget_rtol`` above its group's first compute starts a
+    new budget, labelled by the group's median compute.
+    """
+    from moescale.errors import check_range
+
+    check_range("budget_rtol", budget_rtol, low=0.0, high=1.0, error=DataError)
+    df = runs.reset_index(drop=True).copy()
+    have = (pd.to_numeric(df["budget"], errors="coerce").to_numpy(dtype=float)
+            if "budget" in df.columns else np.full(len(df), np.nan))
+    if len(df) and np.isfinite(have).all():
+        df["budget"] = have
+        return df, False
+    C = pd.to_numeric(df["compute"], errors="coerce").to_numpy(dtype=float)
+    order = np.argsort(C, kind="stable")
+    labels = np.empty(len(df))
+    start = 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or C[order[i]] > C[order[start]] * (1.0 + budget_rtol):
+            labels[order[start:i]] = float(np.median(C[order[start:i]]))
+            start = i
+    df["budget"] = np.where(np.isfinite(have), have, labels)
+    return df, True
+
+
+def config_key(row: pd.Series | dict) -> str:
+    """Architecture-configuration key without size: ``"dense"`` or ``"moe-E16-k2-s0-G2"``.
+
+    Built from what the row knows (experts E, top-k k, shared experts s, granularity G,
+    then any ``router_type``/``routing_frequency`` of external data); ``"moe-A0.125"``
+    when only the activation ratio is known.
+    """
+    def num(name: str) -> float:
+        try:
+            v = float(row.get(name, math.nan))
+        except (TypeError, ValueError):
+            return math.nan
+        return v
+
+    if str(row.get("arch")) == "dense":
+        return "dense"
+    parts = ["moe"]
+    for name, tag in (("n_experts", "E"), ("top_k", "k"), ("n_shared_experts", "s")):
+        v = num(name)
+        if math.isfinite(v):
+            parts.append(f"{tag}{v:g}")
+    g = num("granularity")
+    if math.isfinite(g):
+        parts.append(f"G{g:.3g}")
+    router = row.get("router_type")
+    if isinstance(router, str) and router:
+        parts.append(router)
+    rf = num("routing_frequency")
+    if math.isfinite(rf):
+        parts.append(f"rf{rf:g}")
+    if len(parts) == 1:
+        parts.append(f"A{num('activation_ratio'):.4g}")
+    return "-".join(parts)
+
+
+def assign_configs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with a ``config`` for every row (:func:`config_key` where missing)."""
+    df = runs.copy()
+    have = df["config"] if "config" in df.columns else pd.Series([None] * len(df))
+    missing = have.isna().to_numpy() | (have.astype(str).str.strip() == "").to_numpy()
+    if missing.any():
+        derived = [config_key(r) for r in df.loc[missing].to_dict(orient="records")]
+        df["config"] = have.astype(object)
+        df.loc[missing, "config"] = derived
+    df["config"] = df["config"].astype(str)
+    return df
