@@ -41,24 +41,31 @@ def test_fit_chinchilla_json_keys(data_dir, capsys):
 
 def test_leverage_clark_json(data_dir, capsys):
     path = str(data_dir / "clark2022_routed_moe_runs_sldbench.csv")
-    res = _json(["leverage", path, "--json"], capsys)
+    res = _json(["leverage", path, "--bootstrap", "200", "--json"], capsys)
+    assert set(res) == {"runs", "frontiers", "flags"}
     runs = res["runs"]
-    assert len(runs) == 210 and res["dense_frontier"]["kind"] == "power-law"
-    need = {"run", "compute", "loss", "el", "activation_ratio", "granularity", "el_published"}
+    need = {"run", "arch", "activation_ratio", "granularity", "compute", "loss", "el", "el_low",
+            "el_high", "extrapolated", "n_seeds"}
     assert all(need <= set(r) for r in runs)
     raw = pd.read_csv(path)
     moe_ids = raw[raw.router_type != "Dense"].hyper_id.unique()
-    assert {r["run"] for r in runs} == {str(h) for h in moe_ids}
-    assert all(r["el_published"] is None and r["granularity"] is None for r in runs)
+    assert {h for r in runs for h in r["runs"]} == {str(h) for h in moe_ids}
+    assert sum(r["n_seeds"] for r in runs) == len(moe_ids) == 210
+    assert all(r["granularity"] is None and isinstance(r["extrapolated"], bool) for r in runs)
+    assert all(r["el_low"] <= r["el"] <= r["el_high"] for r in runs)
     r1 = next(r for r in runs if r["run"] == "1")
     assert r1["activation_ratio"] == pytest.approx(1 / 64)
-    env = _json(["leverage", path, "--dense-frontier", "envelope", "--json"], capsys)
-    assert env["dense_frontier"]["kind"] == "envelope"
-    cross = _json(["leverage", path, "--crossover-by", "router_type,num_experts", "--json"],
-                  capsys)["crossovers"]
-    assert len(cross) == 27 and {"crossover_compute", "alpha", "beta"} <= set(cross[0])
-    code, out, _ = _run(["leverage", path], capsys)
+    dense = [f for f in res["frontiers"] if f["config"] == "dense"]
+    assert {f["form"] for f in dense} == {"power-law", "irreducible"}
+    for f in res["frontiers"]:
+        assert {"arch", "form", "coef", "coef_low", "coef_high"} <= set(f)
+    assert any("share one token count" in f for f in res["flags"])
+    irr = _json(["leverage", path, "--form", "irreducible", "--bootstrap", "100", "--json"],
+                capsys)
+    assert irr["runs"][0]["el"] != runs[0]["el"]
+    code, out, err = _run(["leverage", path, "--bootstrap", "100"], capsys)
     assert code in (0, None) and "S-Base" in out and "1.3B" in out and " 512" in out
+    assert "fixed-D" in err and "outside the dense frontier's loss range" in err
 
 
 def test_fit_el_and_power_law(data_dir, capsys):

@@ -10,8 +10,10 @@ def test_fit_all():
     assert set(fit.__all__) == {
         "LawFitter", "clone", "heldout_score", "CHINCHILLA_GRID", "ChinchillaFitter",
         "ELJointFitter", "ELSeparableFitter", "FGFitter", "JointFitter", "PowerLawFitter",
-        "IsoFlopOptimum", "extension_side", "fit_isoflop",
-        "DenseFrontier", "crossover_compute", "dense_frontier", "el_fit_report", "el_table",
+        "IsoFlopOptimum", "extension_side", "fit_isoflop", "Frontier", "Measurement",
+        "measure_leverage",
+        "DenseFrontier", "frontier_crossover_compute", "dense_frontier", "el_fit_report",
+        "el_table",
         "fit_el_joint", "fit_el_separable", "frontier_crossovers", "measure_el",
         "CURVE_COLUMNS", "RUN_COLUMNS", "RunTable", "read_chinchilla", "read_clark",
         "read_runs", "read_store", "read_table",
@@ -32,7 +34,7 @@ def _options(command) -> set[str]:
 def test_cli_options():
     assert {"--method", "--bootstrap", "--seed", "--drop-highest", "--json"} <= _options(
         ["fit", "chinchilla"])
-    assert {"--dense-frontier", "--json", "--loss-column", "--per-point"} <= _options(
+    assert {"--form", "--level", "--bootstrap", "--seed", "--json", "--loss-column"} <= _options(
         ["leverage"])
     assert {"--form", "--dense-frontier", "--heldout-compute", "--json"} <= _options(
         ["fit", "el"])

@@ -13,12 +13,12 @@ from moescale.fit import RunTable, heldout_score, read_clark
 from moescale.fit.fitters import ELJointFitter
 from moescale.fit.leverage import (
     budget_minima,
-    crossover_compute,
     dense_frontier,
     el_fit_report,
     el_published,
     el_table,
     fit_el_separable,
+    frontier_crossover_compute,
     frontier_crossovers,
     measure_el,
 )
@@ -81,9 +81,9 @@ def test_extrapolation_flag_and_published_column():
 
 def test_crossover_compute_is_where_el_is_one():
     ad, bd, am, bm = 60.0, 0.08, 40.0, 0.07
-    c = crossover_compute(ad, bd, am, bm)
+    c = frontier_crossover_compute(ad, bd, am, bm)
     assert float(forms.el_from_frontiers(c, ad, bd, am, bm)) == pytest.approx(1.0, rel=1e-9)
-    assert crossover_compute(ad, bd, am, bd) == math.inf
+    assert frontier_crossover_compute(ad, bd, am, bd) == math.inf
 
 
 def test_errors():

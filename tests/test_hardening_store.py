@@ -313,8 +313,8 @@ def test_fit_and_report_readers_take_escaped_and_readonly_paths(tmp_path):
     _fill(path)
     before = sorted(os.listdir(tmp_path))
     assert len(read_store(path)) == 2
-    records, _, info = load_runs(path)
-    assert len(records) == 2 and info["kind"] == "store"
+    table = load_runs(path)  # a RunTable read by moescale.fit.runs (the one store reader)
+    assert len(table) == 2 and table.info["kind"] == "store"
     assert sorted(os.listdir(tmp_path)) == before  # no -wal/-shm, no stray "runs" file
 
 

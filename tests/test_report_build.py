@@ -60,8 +60,7 @@ FULL = {"sweep": {"name": "synth", "budgets": [1e12, 3e12, 1e13]},
 
 def test_analysis_recovers_the_synthetic_frontier_and_el(tmp_path):
     path, plan = _store(tmp_path, FULL)
-    records, curves, info = load_runs(path)
-    an = analyze(records, curves, info, n_boot=30)
+    an = analyze(load_runs(path), n_boot=100)
     f = an.dense_frontier
     # IsoFLOP minima sit at M_opt (parabola vertex): the frontier is α·C^-β exactly
     assert -f.p == pytest.approx(BETA, rel=0.02)
@@ -98,12 +97,25 @@ def test_report_files_and_self_contained_html(tmp_path):
                  "el_vs_granularity", "residuals", "allocation", "hparams", "curves"):
         assert (tmp_path / "rep" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
     md = rep.summary_path.read_text()
-    assert "Dense frontier" in md and "Measured EL" in md and "Eq. 13" in md
+    assert "Dense frontier" in md and "Measured EL per run" in md and "Eq. 13" in md
     assert "Crossover" in html and "bootstrap" in html
     head = rep.headline()
-    assert {"n_runs", "dense_frontier", "efficiency_leverage", "el_measured_median",
-            "el_published_median", "crossover", "notes"} <= set(head)
+    assert {"n_runs", "dense_frontier", "efficiency_leverage", "crossover", "notes"} <= set(head)
     json.dumps(head)  # JSON-ready
+    an = json.loads(rep.json_path.read_text())
+    _check_analysis_json(an)
+
+
+def _check_analysis_json(an):
+    """The public keys of DIR/analysis.json / report --json (issue #10)."""
+    assert {"optima", "el", "flags", "frontiers", "heldout"} <= set(an)
+    for o in an["optima"]:
+        assert {"config", "arch", "budget", "m_opt", "m_opt_low", "m_opt_high", "loss_opt",
+                "bracketed", "n_rungs"} <= set(o)
+        assert isinstance(o["bracketed"], bool)
+    for e in an["el"]:
+        assert {"config", "budget", "el", "el_low", "el_high", "claim"} <= set(e)
+    assert isinstance(an["flags"], list)
 
 
 def test_small_sweeps_degrade_to_notes(tmp_path):
@@ -146,34 +158,32 @@ def test_report_reads_an_exported_csv_and_the_cli(tmp_path, capsys):
     assert exc.value.code in (0, None)
     out = json.loads(capsys.readouterr().out)
     assert out["n_runs"] == len(rep.analysis.records)
+    _check_analysis_json(out)
     assert (tmp_path / "rep_cli" / "report.html").exists()
+    assert json.loads((tmp_path / "rep_cli" / "analysis.json").read_text())["n_runs"] == \
+        out["n_runs"]
 
 
 def test_report_el_equals_moescale_leverage(tmp_path, capsys):
-    """Same store, same per-run EL: the report measures it with moescale.fit.leverage on the
-    default frontier (the lowest-loss dense run per budget), as `moescale leverage` does."""
+    """One measurement: the report prints moescale.fit.measure_leverage's per-run EL and
+    frontier, exactly what `moescale leverage` prints for the same store and seed."""
     from moescale.cli import main
 
     path, _ = _store(tmp_path, FULL, noise=0.003)
-    records, curves, info = load_runs(path)
-    an = analyze(records, curves, info, n_boot=0)
-    report_el = an.records[an.records["arch"] == "moe"].set_index("run")["el_measured"]
+    an = analyze(load_runs(path), n_boot=200)
+    report_el = an.records[an.records["arch"] == "moe"].set_index("run")
     with pytest.raises(SystemExit) as exc:
-        main(["leverage", str(path), "--json"])
+        main(["leverage", str(path), "--json", "--bootstrap", "200"])
     assert exc.value.code in (0, None)
     out = json.loads(capsys.readouterr().out)
-    assert out["dense_frontier"]["frontier_points"] == "budget-minima"
-    cli_el = {r["run"]: r["el"] for r in out["runs"]}
-    assert set(cli_el) == set(report_el.index) and len(cli_el) >= 10
-    for run, el in report_el.items():
-        assert el == pytest.approx(cli_el[run], rel=1e-9, abs=1e-12), run
-    # the report's frontier is the CLI's, through one point per budget (3 budgets)
-    assert an.dense_frontier.k == pytest.approx(out["dense_frontier"]["alpha"], rel=1e-12)
-    assert -an.dense_frontier.p == pytest.approx(out["dense_frontier"]["beta"], rel=1e-12)
-    assert out["dense_frontier"]["n_points"] == 3 == len(an.dense_points)
-    # with every dense run (off-optimal sizes and learning rates) the frontier moves up
-    with pytest.raises(SystemExit):
-        main(["leverage", str(path), "--json", "--frontier-points", "all"])
-    every = json.loads(capsys.readouterr().out)
-    assert every["dense_frontier"]["n_points"] > 3
-    assert np.median([r["el"] for r in every["runs"]]) > np.median(list(cli_el.values()))
+    cli = {name: r for r in out["runs"] for name in r["runs"]}
+    assert set(cli) == set(report_el.index) and len(cli) >= 10
+    for run, row in report_el.iterrows():
+        assert row["el_measured"] == pytest.approx(cli[run]["el"], rel=1e-12), run
+        assert row["el_low"] == pytest.approx(cli[run]["el_low"], rel=1e-12), run
+        assert row["el_high"] == pytest.approx(cli[run]["el_high"], rel=1e-12), run
+    dense = next(f for f in out["frontiers"]
+                 if f["config"] == "dense" and f["form"] == "power-law")
+    assert an.dense_frontier.k == pytest.approx(dense["coef"]["alpha"], rel=1e-12)
+    assert -an.dense_frontier.p == pytest.approx(dense["coef"]["beta"], rel=1e-12)
+    assert dense["n_points"] == 3 == len(an.dense_points)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 from rich import box
 from rich.table import Table
@@ -182,90 +181,89 @@ def _fit_law_cmd(kind: str):
 def leverage_cmd(
     runs_path: Path = typer.Argument(..., metavar="RUNS",
                                      help="Run table (CSV/Parquet), run store or Clark file."),
-    dense_frontier: str = typer.Option("power-law", "--dense-frontier",
-                                       help="power-law (fit on dense final points) or envelope."),
-    frontier_points: str = typer.Option(
-        "budget-minima", "--frontier-points",
-        help="Power-law frontier through budget-minima (the lowest-loss dense run at each "
-        "compute budget, [EL]) or all dense runs (off-optimal ladder sizes too)."),
+    form: str = typer.Option(
+        "power-law", "--form", help="Frontier form EL is read off: power-law (L = α·C^-β, "
+        "[EL] Eq. 1) or irreducible (L = E + α·C^-β). Both are fitted and compared."),
+    level: float = typer.Option(0.9, "--level", help="Interval coverage."),
+    bootstrap: int = typer.Option(1000, "--bootstrap",
+                                  help="Joint-bootstrap replicates (≥ 100)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     loss_column: str | None = typer.Option(
         None, "--loss-column", help="Clark file only: which loss_* column (default "
         "loss_validation); refused for other files."),
-    per_point: bool = typer.Option(False, "--per-point", help="EL for every curve point."),
-    crossover_by: str = typer.Option(
-        None, "--crossover-by", help="Comma-separated columns defining a configuration: fit "
-        "its own frontier and report the crossover compute C* where EL = 1."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Efficiency Leverage EL = C_dense(L_moe)/C_moe of every MoE run ([EL] Eq. 1)."""
-    from moescale.fit import read_runs
-    from moescale.fit.leverage import dense_frontier as dense_frontier_of
-    from moescale.fit.leverage import el_table, frontier_crossovers, measure_el
+    """Efficiency Leverage of every MoE run, C_dense(L)/C ([EL] Eq. 1), with intervals."""
+    from moescale.fit import measure_leverage, read_runs
 
     runs = read_runs(runs_path, loss_column=loss_column)
-    measured = measure_el(runs, dense_frontier, per_point=per_point,
-                          frontier_points=frontier_points)
-    frontier = measured.attrs["frontier"]
-    crossovers = None
-    if crossover_by:
-        cols = tuple(c.strip() for c in crossover_by.split(",") if c.strip())
-        fr = dense_frontier_of(runs, "power-law", frontier_points=frontier_points)
-        crossovers = frontier_crossovers(runs, cols, dense=fr)
+    m = measure_leverage(runs, form=form, level=level, n_boot=bootstrap, seed=seed)
     if as_json:
-        out = {"dense_frontier": frontier, "source": str(runs_path),
-               "n_runs": int(measured["run"].nunique()),
-               "runs": measured.to_dict(orient="records")}
-        if crossovers is not None:
-            out["crossovers"] = crossovers.to_dict(orient="records")
-        print_json(out)
+        print_json(m.leverage_json())
         return
-    if crossovers is not None:
-        table = Table(title="per-configuration frontiers L = α·C^-β: EL = 1 at C*",
-                      box=box.SIMPLE_HEAD)
-        short = {"router_type": "router", "num_experts": "E", "n_runs": "runs",
-                 "el_at_min_compute": "EL@Cmin", "el_at_max_compute": "EL@Cmax",
-                 "crossover_compute": "C*", "el_grows_with_compute": "EL rises"}
-        for col in crossovers.columns:
-            table.add_column(short.get(col, str(col)), justify="right", no_wrap=True)
-        for row in crossovers.itertuples(index=False):
-            table.add_row(*(v if isinstance(v, str) else ("yes" if v else "no")
-                            if isinstance(v, (bool, np.bool_)) else fmt_num(v, 3) for v in row))
-        console.print(table)
-    coef = ", ".join(f"{k} = {fmt_num(frontier[k])}" for k in ("alpha", "beta") if k in frontier)
-    console.print(f"dense frontier: {frontier['kind']} {coef} ({frontier['n_points']} points, "
-                  f"loss {frontier['loss_min']:.3f}–{frontier['loss_max']:.3f})")
-    n_extra = int(measured["extrapolated"].sum())
-    if n_extra:
-        warn(f"{n_extra} EL value(s) extrapolate the dense frontier beyond its loss range")
+    print_leverage(m)
+
+
+def print_leverage(m: Any) -> None:
+    """Print a :class:`moescale.fit.Measurement`: dense frontier, flags, EL tables."""
+    from moescale.fit.leverage import el_table
+    from moescale.fit.measure import main_grid
+
+    dense = m.frontier("dense")
+    lo, hi = dense.interval()
+    coef = ", ".join(f"{k} = {fmt_num(v)} [{fmt_num(lo[k])}, {fmt_num(hi[k])}]"
+                     for k, v in dense.coef_dict().items())
+    console.print(f"dense frontier ({dense.form}): {coef} ({len(dense.compute)} points, loss "
+                  f"{dense.loss_range[0]:.3f}–{dense.loss_range[1]:.3f}; {m.level:.0%} "
+                  "intervals)")
+    for flag in m.flags:
+        warn(flag)
+    runs = m.runs
     labels = ("model_size_label", "router_type", "num_experts")
-    if not per_point and all(c in measured.columns for c in labels):
-        main = measured
-        if "top_k" in measured.columns and "routing_frequency" in measured.columns:
-            main = measured[(measured["top_k"] == 1) & (measured["routing_frequency"] == 0.5)]
-            if len(main) < len(measured):
-                warn(f"{len(measured) - len(main)} run(s) with k > 1 or another routing "
-                     "frequency are left out of the table (see --json)")
+    if all(c in runs.columns for c in labels):
+        main, left = main_grid(runs)
+        if left:
+            warn(f"{left} run(s) with k > 1 or another routing frequency are left out of the "
+                 "table (see --json)")
         pivot = el_table(main)
-        table = Table(title="EL at the last step: rows (model size, router), columns E experts",
+        table = Table(title=f"EL at the last step ({m.level:.0%} interval in --json): rows "
+                      "(model size, router), columns E experts; * = extrapolated",
                       box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("size", no_wrap=True)
         table.add_column("router", no_wrap=True)
         for e in pivot.columns:
             table.add_column(str(int(e)), justify="right", no_wrap=True)
+        extra = el_table(main.assign(x=main["extrapolated"].astype(float)), value="x")
         for (size, router), row in pivot.iterrows():
-            table.add_row(str(size), str(router),
-                          *("—" if v != v else f"{v:.2f}" for v in row.to_numpy()))
+            flags_row = extra.loc[(size, router)]
+            table.add_row(str(size), str(router), *(
+                "—" if v != v else f"{v:.2f}" + ("*" if flags_row[e] > 0 else "")
+                for e, v in zip(pivot.columns, row.to_numpy(), strict=True)))
         console.print(table)
         return
-    table = Table(title="Efficiency Leverage per MoE run")
-    for col in ("run", "compute", "loss", "EL", "A", "G", "EL published"):
+    if len(m.el):
+        table = Table(title=f"Frontier-ratio EL per MoE configuration ({m.level:.0%} interval)",
+                      box=box.SIMPLE_HEAD)
+        for col in ("config", "C", "EL", "interval", "claim", "vs A=1 control"):
+            table.add_column(col, justify="left" if col in ("config", "claim") else "right")
+        for r in m.el.itertuples():
+            ctrl = ("—" if r.el_vs_control != r.el_vs_control else
+                    f"{r.el_vs_control:.3f} [{r.el_vs_control_low:.3f}, "
+                    f"{r.el_vs_control_high:.3f}]")
+            table.add_row(str(r.config), fmt_num(r.budget), f"{r.el:.3f}" +
+                          ("*" if r.extrapolated else ""),
+                          f"[{r.el_low:.3f}, {r.el_high:.3f}]", r.claim, ctrl)
+        console.print(table)
+    table = Table(title=f"Per-run EL = C_dense(L)/C ({m.level:.0%} interval; * = extrapolated)",
+                  box=box.SIMPLE_HEAD)
+    for col in ("run", "C", "loss", "EL", "interval", "seeds", "A", "G"):
         table.add_column(col, justify="right" if col != "run" else "left")
-    for r in measured.itertuples():
+    for r in runs.itertuples():
         table.add_row(str(r.run), fmt_num(r.compute), f"{r.loss:.4f}",
                       f"{r.el:.3f}" + ("*" if r.extrapolated else ""),
-                      fmt_num(r.activation_ratio), fmt_num(None if r.granularity != r.granularity
-                                                           else r.granularity),
-                      "—" if r.el_published != r.el_published else f"{r.el_published:.3f}")
+                      f"[{r.el_low:.3f}, {r.el_high:.3f}]", str(r.n_seeds),
+                      fmt_num(r.activation_ratio),
+                      "—" if r.granularity != r.granularity else fmt_num(r.granularity))
     console.print(table)
 
 

@@ -157,18 +157,20 @@ def backup_cmd(
 def report_cmd(
     store: Path = typer.Argument(..., help="Run store (SQLite) or run-record CSV/Parquet."),
     out: Path = typer.Option(Path("moescale_report"), "--out", help="Output folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print the headline numbers as JSON."),
-    bootstrap: int = typer.Option(100, "--bootstrap", min=0,
-                                  help="Bootstrap replicates per fitted law (0: no intervals)."),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print DIR/analysis.json (optima, EL, flags)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0,
+                                  help="Joint-bootstrap replicates (below 20: no intervals)."),
 ) -> None:
-    """Fit frontiers and EL laws from a store; write DIR/report.html, summary.md, plots."""
+    """Measure frontiers and EL with intervals; write DIR/report.html, summary.md,
+    analysis.json and plots."""
     from moescale.paths import check_output_dir
     from moescale.report import build_report
 
     check_output_dir(out)
     rep = build_report(store, out, n_boot=bootstrap)
     if as_json:
-        print_json(rep.headline())
+        print_json(rep.analysis_json())
         return
     console.print(rep.summary_text())
     console.print(f"report: {rep.html_path}")

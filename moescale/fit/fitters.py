@@ -15,7 +15,6 @@ import numpy as np
 
 from moescale.errors import ConfigError
 from moescale.fit.base import LawFitter
-from moescale.laws import forms
 from moescale.laws.el import ELCoefficients
 
 __all__ = [
@@ -397,11 +396,6 @@ class ELJointFitter(LawFitter):
         head = [coef["a"], coef["d"]] + ([coef["gamma"], coef["beta"]]
                                          if self.use_granularity else [])
         return np.array(head + [math.log(coef["A_start"]), math.log(coef["A_max"])])
-
-    def predict_published_form(self, A, G, C) -> np.ndarray:
-        """Eq. 13 with the fitted coefficients via :func:`moescale.laws.forms.el_joint`."""
-        self._check_fitted()
-        return forms.el_joint(A, G, C, **self.coef_)
 
 
 class ELSeparableFitter(LawFitter):

@@ -33,7 +33,7 @@ import pandas as pd
 
 from moescale.errors import ConfigError, DataError
 from moescale.fit.fitters import ELJointFitter, ELSeparableFitter, PowerLawFitter
-from moescale.fit.runs import RunTable
+from moescale.fit.runs import BUDGET_RTOL, RunTable, assign_budgets
 from moescale.laws import forms
 from moescale.laws.el import ELCoefficients
 
@@ -48,7 +48,7 @@ __all__ = [
     "el_table",
     "published_el_coefficients",
     "el_published",
-    "crossover_compute",
+    "frontier_crossover_compute",
     "frontier_crossovers",
     "fit_el_joint",
     "fit_el_separable",
@@ -58,10 +58,6 @@ __all__ = [
 
 FRONTIERS = ("power-law", "envelope")
 FRONTIER_POINTS = ("budget-minima", "all")
-BUDGET_RTOL = 1e-2
-"""Runs whose compute lies within this relative distance of a budget's smallest compute
-share that budget (a sweep rounds each run to whole steps, so one budget's runs differ by
-~0.1%; distinct budgets of a sweep, and every distinct Clark dense run, are ≥ 10% apart)."""
 LABEL_COLUMNS = ("model_size_label", "num_experts", "router_type", "top_k", "n_experts",
                  "routing_frequency", "family", "seed")
 
@@ -165,19 +161,10 @@ def budget_minima(
     if len(runs) == 0:
         return runs.assign(budget_id=pd.Series(dtype=int), budget_n_runs=pd.Series(dtype=int))
     frame = runs.reset_index(drop=True)
-    C = pd.to_numeric(frame["compute"], errors="coerce").to_numpy(dtype=float)
-    group = np.empty(len(frame), dtype=int)
-    explicit = (pd.to_numeric(frame[budget_column], errors="coerce").to_numpy(dtype=float)
-                if budget_column in frame.columns else None)
-    if explicit is not None and np.isfinite(explicit).all():
-        _, group = np.unique(explicit, return_inverse=True)
-    else:
-        order = np.argsort(C, kind="stable")
-        gid, start = 0, C[order[0]]
-        for i in order:
-            if C[i] > start * (1.0 + budget_rtol):
-                gid, start = gid + 1, C[i]
-            group[i] = gid
+    if budget_column != "budget" and budget_column in frame.columns:
+        frame = frame.assign(budget=frame[budget_column])
+    budgets, _ = assign_budgets(frame, budget_rtol=budget_rtol)
+    _, group = np.unique(budgets["budget"].to_numpy(dtype=float), return_inverse=True)
     loss = pd.to_numeric(frame["loss"], errors="coerce").to_numpy(dtype=float)
     keys = [c for c in ("flops_per_token", "params_active", "params_total", "learning_rate",
                         "batch_tokens") if c in frame.columns]
@@ -350,7 +337,8 @@ def el_table(
     return pivot
 
 
-def crossover_compute(alpha_d: float, beta_d: float, alpha_m: float, beta_m: float) -> float:
+def frontier_crossover_compute(alpha_d: float, beta_d: float, alpha_m: float,
+                               beta_m: float) -> float:
     """Compute C* where two power-law frontiers cross, i.e. EL = 1 ([EL] Eq. 1).
 
     ``ln C* = ln(α_d/α_m) / (β_d − β_m)``; ``inf`` for parallel frontiers (β_d = β_m).
@@ -396,7 +384,7 @@ def frontier_crossovers(
                      "alpha": am, "beta": bm,
                      "el_at_min_compute": float(forms.el_from_frontiers(C.min(), ad, bd, am, bm)),
                      "el_at_max_compute": float(forms.el_from_frontiers(C.max(), ad, bd, am, bm)),
-                     "crossover_compute": crossover_compute(ad, bd, am, bm),
+                     "crossover_compute": frontier_crossover_compute(ad, bd, am, bm),
                      "el_grows_with_compute": bool(bm > bd)})
     return pd.DataFrame(rows)
 

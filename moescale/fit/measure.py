@@ -57,9 +57,11 @@ from moescale.fit.frontier import (
     heldout_error,
 )
 from moescale.fit.isoflop import bounded_vertex, fit_isoflop
+from moescale.fit.leverage import LABEL_COLUMNS
 from moescale.fit.runs import RunTable, assign_budgets, assign_configs
 
-__all__ = ["Measurement", "measure_leverage", "N_BOOT", "NEAR_OPTIMAL", "REPLICATE_KEYS"]
+__all__ = ["Measurement", "measure_leverage", "main_grid", "N_BOOT", "NEAR_OPTIMAL",
+           "REPLICATE_KEYS"]
 
 N_BOOT = 1000
 """Default joint-bootstrap replicates."""
@@ -272,7 +274,7 @@ def measure_leverage(
     level : float
         Interval coverage (default 0.9).
     n_boot : int
-        Joint-bootstrap replicates (≥ 100).
+        Joint-bootstrap replicates (below 20: no intervals).
     dense_config : str
         The ``config`` key of the dense reference.
 
@@ -285,7 +287,7 @@ def measure_leverage(
     if form not in FORMS:
         raise ConfigError(f"'form' must be one of {list(FORMS)}; got {form!r}")
     check_range("level", level, low=0.5, high=1.0, high_inclusive=False, error=ConfigError)
-    check_range("n_boot", n_boot, low=100, integer=True, error=ConfigError)
+    check_range("n_boot", n_boot, low=1, integer=True, error=ConfigError)
     rng = np.random.default_rng(seed)
     flags: list[str] = []
     df, derived = assign_budgets(table.runs)
@@ -562,6 +564,8 @@ def _per_run_el(ladder: pd.DataFrame, members: list[np.ndarray], Lgrp: np.ndarra
     cfg = ladder["config"].to_numpy()
     cols_f = {c: pd.to_numeric(ladder[c], errors="coerce").to_numpy(float)
               for c in ("compute", "loss", "budget", "activation_ratio", "granularity")}
+    labels = {c: ladder[c].to_numpy() for c in LABEL_COLUMNS
+              if c in ladder.columns and c != "seed" and ladder[c].notna().any()}
     for g, idx in enumerate(members):
         if arch[idx[0]] != "moe":
             continue
@@ -576,10 +580,26 @@ def _per_run_el(ladder: pd.DataFrame, members: list[np.ndarray], Lgrp: np.ndarra
                      "activation_ratio": float(cols_f["activation_ratio"][i]),
                      "granularity": float(cols_f["granularity"][i]), "compute": C, "loss": L,
                      "el": el0, "el_low": lo, "el_high": hi, "claim": _claim(lo, hi),
-                     "extrapolated": bool(not lo_l <= L <= hi_l), "n_seeds": len(idx)})
+                     "extrapolated": bool(not lo_l <= L <= hi_l), "n_seeds": len(idx),
+                     **{c: labels[c][i] for c in labels}})
     cols = ["run", "runs", "arch", "config", "budget", "activation_ratio", "granularity",
-            "compute", "loss", "el", "el_low", "el_high", "claim", "extrapolated", "n_seeds"]
+            "compute", "loss", "el", "el_low", "el_high", "claim", "extrapolated", "n_seeds",
+            *labels]
     return pd.DataFrame(rows, columns=cols)
+
+
+def main_grid(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The runs of an external table's main grid, and how many were left out.
+
+    Clark et al. (arXiv 2202.01169) vary top-k and the routing frequency on a few
+    configurations beside the main grid (k = 1, every other layer routed); a
+    (size × router × E) table shows the main grid only. Tables without those columns are
+    returned whole.
+    """
+    if not {"top_k", "routing_frequency"} <= set(runs.columns):
+        return runs, 0
+    keep = (runs["top_k"] == 1) & (runs["routing_frequency"] == 0.5)
+    return runs[keep], int((~keep).sum())
 
 
 def _sensitivity(points: list[_Point], ladder: pd.DataFrame, form: str, dense_config: str,

@@ -18,7 +18,7 @@ import io
 import math
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -157,12 +157,19 @@ class RunTable:
     curves: pd.DataFrame | None = None
     source: str = ""
     dropped: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict, compare=False)
+    """Where the runs came from: ``kind`` (store/table), ``sweeps`` (store), and
+    ``counts`` (runs by status, before unfinished runs were dropped)."""
 
     @classmethod
     def from_frame(
-        cls, runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, source: str = "table"
+        cls, runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, source: str = "table",
+        info: dict | None = None, allow_empty: bool = False,
     ) -> RunTable:
-        """Validate and normalise a run frame (and curve frame) into a :class:`RunTable`."""
+        """Validate and normalise a run frame (and curve frame) into a :class:`RunTable`.
+
+        ``allow_empty`` accepts a table with no finished runs (a report of a fresh store).
+        """
         if not isinstance(runs, pd.DataFrame):
             raise DataError(f"{source}: runs must be a pandas DataFrame; got {type(runs).__name__}")
         missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
@@ -173,12 +180,16 @@ class RunTable:
             )
         df = runs.copy().reset_index(drop=True)
         dropped: tuple[str, ...] = ()
+        info = {"kind": "table", "sweeps": [], **(info or {})}
+        info["counts"] = ({str(k): int(v) for k, v in
+                           df["status"].astype("string").fillna("done").value_counts().items()}
+                          if "status" in df.columns else {"done": len(df)})
         if "status" in df.columns:
             status = df["status"].astype("string").str.strip().str.lower()
             drop = status.isin(_DROPPED_STATUSES).fillna(False).to_numpy(dtype=bool)
             dropped = tuple(str(r) for r in df.loc[drop, "run"])
             df = df.loc[~drop].reset_index(drop=True)
-        if len(df) == 0:
+        if len(df) == 0 and not allow_empty:
             raise DataError(f"{source}: no usable runs (empty table or all runs not done)")
         df["run"] = df["run"].astype(str)
         dup = df["run"].duplicated()
@@ -216,7 +227,7 @@ class RunTable:
         df = df[ordered]
         if curves is not None:
             curves = _validate_curves(curves, set(df["run"]), source)
-        return cls(runs=df, curves=curves, source=source, dropped=dropped)
+        return cls(runs=df, curves=curves, source=source, dropped=dropped, info=info)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -233,7 +244,8 @@ class RunTable:
         curves = None
         if self.curves is not None:
             curves = self.curves[self.curves["run"].isin(set(runs["run"]))].reset_index(drop=True)
-        return RunTable(runs=runs, curves=curves, source=self.source, dropped=self.dropped)
+        return RunTable(runs=runs, curves=curves, source=self.source, dropped=self.dropped,
+                        info=self.info)
 
     def drop_highest_losses(self, k: int) -> RunTable:
         """Drop the ``k`` runs with the highest loss (the Epoch replication drops 5 of 245).
@@ -333,7 +345,8 @@ def is_chinchilla_frame(frame: pd.DataFrame) -> bool:
     return all(c in frame.columns for c in _CHINCHILLA_SIGNATURE)
 
 
-def read_runs(path: str | Path, *, loss_column: str | None = None) -> RunTable:
+def read_runs(path: str | Path, *, loss_column: str | None = None,
+              allow_empty: bool = False) -> RunTable:
     """Read runs from any supported file, detected by content.
 
     SQLite (16-byte header ``SQLite format 3\\0``) → :func:`read_store`; Parquet
@@ -346,7 +359,7 @@ def read_runs(path: str | Path, *, loss_column: str | None = None) -> RunTable:
     path = Path(path)
     head = _sniff(path)
     if head.startswith(_SQLITE_MAGIC) and loss_column is None:
-        return read_store(path)
+        return read_store(path, allow_empty=allow_empty)
     if head.startswith(_SQLITE_MAGIC):
         raise ConfigError(f"'loss_column' applies to Clark run files only; {path} is a run "
                           f"store (got {loss_column!r})")
@@ -369,7 +382,7 @@ def read_runs(path: str | Path, *, loss_column: str | None = None) -> RunTable:
     sibling = _curves_path(path)
     if sibling.is_file():
         curves = _read_csv(sibling) if path.suffix != ".parquet" else pd.read_parquet(sibling)
-    return RunTable.from_frame(frame, curves, source=str(path))
+    return RunTable.from_frame(frame, curves, source=str(path), allow_empty=allow_empty)
 
 
 def _curves_path(path: Path) -> Path:
@@ -390,7 +403,7 @@ def read_table(path: str | Path, curves: str | Path | None = None) -> RunTable:
     return RunTable.from_frame(frame, cframe, source=str(path))
 
 
-def read_store(path: str | Path) -> RunTable:
+def read_store(path: str | Path, *, allow_empty: bool = False) -> RunTable:
     """Read a moescale run store (SQLite): ``run_records`` and, if present, ``run_curves``.
 
     Uses the standard-library ``sqlite3`` only (the fitting engine never imports the
@@ -413,11 +426,16 @@ def read_store(path: str | Path) -> RunTable:
             curves = pd.read_sql_query("SELECT * FROM run_curves", con)
         except (sqlite3.Error, pd.errors.DatabaseError):
             curves = None
+        try:
+            sweeps = [r[0] for r in con.execute("SELECT DISTINCT sweep FROM runs")]
+        except sqlite3.Error:
+            sweeps = []
     finally:
         con.close()
     if curves is not None and len(curves) == 0:
         curves = None
-    return RunTable.from_frame(runs, curves, source=str(path))
+    return RunTable.from_frame(runs, curves, source=str(path),
+                               info={"kind": "store", "sweeps": sweeps}, allow_empty=allow_empty)
 
 
 def read_chinchilla(path: str | Path) -> RunTable:
@@ -545,9 +563,9 @@ def assign_budgets(runs: pd.DataFrame, *,
     by compute, a run more than ``budget_rtol`` above its group's first compute starts a
     new budget, labelled by the group's median compute.
     """
-    from moescale.errors import check_range
+    from moescale.errors import ConfigError, check_range
 
-    check_range("budget_rtol", budget_rtol, low=0.0, high=1.0, error=DataError)
+    check_range("budget_rtol", budget_rtol, low=0.0, high=1.0, error=ConfigError)
     df = runs.reset_index(drop=True).copy()
     have = (pd.to_numeric(df["budget"], errors="coerce").to_numpy(dtype=float)
             if "budget" in df.columns else np.full(len(df), np.nan))

@@ -19,6 +19,7 @@ import numpy as np
 from moescale.laws.hparams import AllocationLaw, HyperparameterLaw
 from moescale.report.analysis import Analysis, PowerFit, analyze
 from moescale.report.data import load_runs
+from moescale.report.summary import analysis_json, headline, summary_lines
 from moescale.spec.io import atomic_write
 
 _T1_M, _T1_D = (AllocationLaw.published("dense").power_law(q).formula()
@@ -26,7 +27,7 @@ _T1_M, _T1_D = (AllocationLaw.published("dense").power_law(q).formula()
 _EQ3_LR, _EQ3_B = (HyperparameterLaw.published().power_law(q).formula()
                    for q in ("learning_rate", "batch_tokens"))
 
-__all__ = ["Report", "build_report", "headline", "summary_lines"]
+__all__ = ["Report", "build_report"]
 
 
 @dataclass
@@ -51,6 +52,13 @@ class Report:
     def summary_text(self) -> str:
         return "\n".join(summary_lines(self.analysis))
 
+    def analysis_json(self) -> dict[str, Any]:
+        return analysis_json(self.analysis)
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / "analysis.json"
+
 
 def _f(x: float | None, d: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -60,110 +68,6 @@ def _f(x: float | None, d: int = 3) -> str:
 
 def _ci(ci: tuple[float, float] | None, d: int = 3) -> str:
     return f"[{_f(ci[0], d)}, {_f(ci[1], d)}]" if ci else "(no interval)"
-
-
-def headline(an: Analysis) -> dict[str, Any]:
-    """The numbers ``moescale report --json`` / ``demo --json`` print (public keys)."""
-    df = an.records
-    el_rows = []
-    if "el_measured" in df:
-        for _, r in df[df["arch"] == "moe"].iterrows():
-            el_rows.append({
-                "run": r["run"], "family": r.get("family"),
-                "activation_ratio": float(r["activation_ratio"]),
-                "granularity": float(r["granularity"]), "compute": float(r["compute"]),
-                "loss": float(r["loss"]),
-                "el_measured": _num(r.get("el_measured")),
-                "el_published": _num(r.get("el_published")),
-                "extrapolated": bool(r.get("el_extrapolated", False)),
-            })
-    meas = [e["el_measured"] for e in el_rows if e["el_measured"] is not None]
-    pub = [e["el_published"] for e in el_rows if e["el_published"] is not None]
-    f = an.dense_frontier
-    return {
-        "n_runs": int(len(df)),
-        "n_dense": int((df["arch"] == "dense").sum()) if not df.empty else 0,
-        "n_moe": int((df["arch"] == "moe").sum()) if not df.empty else 0,
-        "status_counts": an.info.get("counts", {}),
-        "dense_frontier": None if f is None else {
-            "alpha": f.k, "beta": -f.p, "beta_ci": None if f.p_ci is None
-            else [-f.p_ci[1], -f.p_ci[0]], "n_budgets": f.n},
-        "efficiency_leverage": el_rows,
-        "el_measured_median": float(np.median(meas)) if meas else None,
-        "el_published_median": float(np.median(pub)) if pub else None,
-        "crossover": [{"config": e["label"], "compute_fit": e["crossover_fit"],
-                       "compute_fit_far": e["crossover_far"], "compute_law": e["crossover_law"]}
-                      for e in an.moe_groups],
-        "notes": list(an.notes),
-    }
-
-
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def summary_lines(an: Analysis) -> list[str]:
-    """A short plain-language account of what the sweep says."""
-    h = headline(an)
-    df = an.records
-    out = []
-    if df.empty:
-        return ["No finished runs yet: nothing to report."] + [f"- {n}" for n in an.notes]
-    budgets = sorted(df["budget"].unique())
-    out.append(f"{h['n_runs']} finished runs ({h['n_dense']} dense, {h['n_moe']} MoE) at "
-               f"{len(budgets)} budget(s) from {budgets[0]:.2g} to {budgets[-1]:.2g} FLOPs "
-               "([EL] convention C = M·D, Ling M).")
-    f = an.dense_frontier
-    if f is not None:
-        out.append(f"Dense frontier: L = {f.k:.3g}·C^-{-f.p:.4f} (β 90% bootstrap interval "
-                   f"{_ci(None if f.p_ci is None else (-f.p_ci[1], -f.p_ci[0]), 3)}).")
-    els = [e for e in h["efficiency_leverage"] if e["el_measured"] is not None]
-    if els:
-        meas = h["el_measured_median"]
-        pub = h["el_published_median"]
-        above = sum(e["el_measured"] > 1 for e in els)
-        law_above = sum((e["el_published"] or 0) > 1 for e in els)
-        out.append(f"Measured EL of the {len(els)} MoE runs: median {meas:.3g} "
-                   f"(range {min(e['el_measured'] for e in els):.3g}–"
-                   f"{max(e['el_measured'] for e in els):.3g}); {above} of {len(els)} above 1.")
-        out.append(f"The published law ([EL] Eq. 13) predicts a median EL of {pub:.3g} for the "
-                   f"same (A, G, C), {law_above} of {len(els)} above 1: at this compute it sits "
-                   "below its EL = 1 crossover (≈ 3e13 FLOPs at G ≈ 12, ≈ 7e14 at G = 2), so it "
-                   "says MoE should not yet pay off.")
-        if (meas > 1) == (pub > 1):
-            verdict = ("Measurement and law agree on the side of 1: at this scale "
-                       + ("MoE is ahead of dense." if meas > 1 else "MoE does not beat dense."))
-        else:
-            verdict = ("Measurement and law disagree on the side of 1: the runs "
-                       + ("favour MoE where the law says dense wins; the law is extrapolated "
-                          "here, orders of magnitude below the compute of the runs it was "
-                          "fitted on, and small-model noise and tuning matter at this size."
-                          if meas > 1 else "favour dense where the law says MoE wins."))
-        out.append(verdict + f" Measured/published ratio: {meas / pub:.3g}.")
-        if any(e["extrapolated"] for e in els):
-            out.append("Some EL values read the dense frontier outside the dense runs' compute "
-                       "range (extrapolated): treat them as indicative.")
-    for e in an.moe_groups:
-        if e["crossover_fit"] is not None:
-            far = (" (more than 3 decades outside the sweep: the two frontiers are nearly "
-                   "parallel, so this number is not meaningful)") if e["crossover_far"] else ""
-            out.append(f"Crossover C* for {e['label']}: fitted {_f(e['crossover_fit'])} "
-                       f"FLOPs{far}, law {_f(e['crossover_law'])} FLOPs.")
-    if an.allocation:
-        m = an.allocation["m_opt"]
-        out.append(f"Compute-optimal dense M_opt(C) = {m.k:.3g}·C^{m.p:.3f} (exponent interval "
-                   f"{_ci(m.p_ci)}) vs [EL] Table 1 {_T1_M}.")
-    if an.hparams and an.hparams.get("lr") is not None:
-        lr, b = an.hparams["lr"], an.hparams["batch"]
-        out.append(f"Near-optimal hyper-parameters: lr_opt = {lr.k:.3g}·C^{lr.p:.3f}, "
-                   f"B_opt = {b.k:.3g}·C^{b.p:.3f} vs [EL] Eq. 3 "
-                   f"{_EQ3_LR}, {_EQ3_B}.")
-    out += [f"Note: {n}" for n in an.notes]
-    return out
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -234,8 +138,21 @@ def _html(an: Analysis, plots: dict[str, bytes]) -> str:
                 ("published", "published")]
     el_cols = [("run", "run"), ("family", "family"), ("activation_ratio", "A"),
                ("granularity", "G"), ("compute", "C"), ("loss", "loss"),
-               ("el_measured", "EL measured"), ("el_published", "EL Eq. 13"),
+               ("el_measured", "EL measured"), ("el_low", "90% low"), ("el_high", "90% high"),
+               ("claim", "claim"), ("el_published", "EL Eq. 13 (extrapolated)"),
                ("extrapolated", "extrapolated")]
+    m = an.measurement
+    opt_rows = [] if m is None else m.optima.to_dict("records")
+    opt_cols = [("config", "configuration"), ("budget", "C"), ("n_rungs", "rungs"),
+                ("n_runs", "runs"), ("m_opt", "M_opt"), ("m_opt_low", "90% low"),
+                ("m_opt_high", "90% high"), ("loss_opt", "loss_opt"), ("bracketed", "bracketed"),
+                ("interior", "interior vertex"), ("reason", "use"), ("flags", "flags")]
+    fel_rows = [] if m is None else m.el.to_dict("records")
+    fel_cols = [("config", "configuration"), ("budget", "C"), ("el", "EL"),
+                ("el_low", "90% low"), ("el_high", "90% high"), ("claim", "claim"),
+                ("extrapolated", "extrapolated"), ("el_vs_control", "vs A = 1 control"),
+                ("el_vs_control_low", "90% low"), ("el_vs_control_high", "90% high")]
+    sens_rows = [] if m is None else m.sensitivity.to_dict("records")
     cross_cols = [("config", "configuration"), ("compute_fit", "C* fitted"),
                   ("compute_fit_far", "> 3 decades outside sweep"),
                   ("compute_law", "C* Eq. 13")]
@@ -262,8 +179,18 @@ def _html(an: Analysis, plots: dict[str, bytes]) -> str:
         "C = M·D with Ling M ([EL] arXiv 2507.17702 App. C), A = E_a/E, G = 2·d/d_expert, "
         "loss = final validation cross-entropy (nats/token).</p>",
         f"<h2>Summary</h2><ul class='summary'>{summary}</ul>",
-        "<h2>Frontiers</h2>", _img(plots, "loss_vs_compute"), _img(plots, "isoflop"),
-        "<h2>Efficiency Leverage</h2>", _img(plots, "el_vs_compute"),
+        "<h2>IsoFLOP optima</h2>", _img(plots, "isoflop"), _table(opt_rows, opt_cols),
+        "<h2>Frontiers</h2>", _img(plots, "loss_vs_compute"),
+        "<h2>Efficiency Leverage</h2>",
+        "<p class='note'>Frontier ratio EL(C) = C_dense(L_moe(C))/C ([EL] Eq. 1), 90% "
+        "joint-bootstrap intervals (evaluation blocks, seeds, frontier lack of fit); "
+        "EL &gt; 1 is claimed only where the interval excludes 1.</p>",
+        _table(fel_rows, fel_cols),
+        "<p class='note'>Sensitivity: C counting embedding, unembedding and router FLOPs:</p>",
+        _table(sens_rows, [("config", "configuration"), ("budget", "C (Ling)"),
+                           ("compute_full", "C (full)"), ("el", "EL"), ("el_low", "90% low"),
+                           ("el_high", "90% high"), ("claim", "claim")]),
+        "<p class='note'>Per run: C_dense(L_run)/C_run.</p>", _img(plots, "el_vs_compute"),
         _img(plots, "el_vs_activation"), _img(plots, "el_vs_granularity"),
         _table(h["efficiency_leverage"], el_cols),
         "<h3>Separable EL fits</h3>",
@@ -277,7 +204,7 @@ def _html(an: Analysis, plots: dict[str, bytes]) -> str:
         _table(sep_c, [("label", "configuration"), ("a_C", "a_C"), ("c_C", "c_C"),
                        ("n", "points")]),
         "<h3>Crossover compute C* (EL = 1)</h3>", _table(h["crossover"], cross_cols),
-        "<h2>Fitted coefficients (90% bootstrap intervals)</h2>", _table(fits, fit_cols),
+        "<h2>Fitted coefficients (90% joint-bootstrap intervals)</h2>", _table(fits, fit_cols),
         _img(plots, "residuals"),
     ]
     if an.allocation:
@@ -299,12 +226,12 @@ def _markdown(an: Analysis, plots: dict[str, bytes]) -> str:
     lines = ["# moescale sweep report", ""]
     lines += [f"- {s}" for s in summary_lines(an)]
     lines += ["", "## Efficiency Leverage per MoE run", "",
-              "| run | A | G | C | loss | EL measured | EL Eq. 13 |",
-              "|---|---|---|---|---|---|---|"]
+              "| run | A | G | C | loss | EL measured | 90% interval | claim |",
+              "|---|---|---|---|---|---|---|---|"]
     for e in headline(an)["efficiency_leverage"]:
-        lines.append(f"| {e['run']} | {e['activation_ratio']:.3g} | {e['granularity']:.3g} | "
+        lines.append(f"| {e['run']} | {e['activation_ratio']:.3g} | {_f(e['granularity'])} | "
                      f"{e['compute']:.3g} | {e['loss']:.4f} | {_f(e['el_measured'])} | "
-                     f"{_f(e['el_published'])} |")
+                     f"[{_f(e['el_low'])}, {_f(e['el_high'])}] | {e['claim'] or '—'} |")
     lines += ["", "## Figures", ""]
     from moescale.report.plots import PLOT_TITLES  # matplotlib: the [report] extra
 
@@ -325,11 +252,13 @@ def build_report(source: str | Path, out_dir: str | Path, *, seed: int = 0,
     >>> rep.html_path  # doctest: +SKIP
     PosixPath('report/report.html')
     """
+    import json
+
     from moescale.report.plots import make_plots  # matplotlib: the [report] extra
 
-    records, curves, info = load_runs(source)
+    table = load_runs(source)
     kw = {} if n_boot is None else {"n_boot": n_boot}
-    an = analyze(records, curves, info, seed=seed, **kw)
+    an = analyze(table, seed=seed, **kw)
     plots = make_plots(an)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,4 +267,22 @@ def build_report(source: str | Path, out_dir: str | Path, *, seed: int = 0,
     rep = Report(out_dir=out, analysis=an, plots=plots)
     atomic_write(rep.summary_path, _markdown(an, plots))
     atomic_write(rep.html_path, _html(an, plots))
+    atomic_write(rep.json_path, json.dumps(_jsonable(analysis_json(an)), indent=2) + "\n")
     return rep
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf → None, numpy scalars → Python, tuples → lists (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, PowerFit):
+        return _jsonable(obj.as_dict())
+    return obj
