@@ -80,6 +80,15 @@ def test_control_and_leverage_json_keys():
     assert {"config", "budget", "el", "el_low", "el_high", "claim"} <= set(an["el"][0])
 
 
+def test_point_estimates_do_not_depend_on_the_bootstrap():
+    t = synth_runs(np.random.default_rng(9))
+    a = measure_leverage(t, n_boot=50, seed=1)
+    b = measure_leverage(t, n_boot=150, seed=2)
+    np.testing.assert_array_equal(a.el["el"], b.el["el"])
+    np.testing.assert_array_equal(a.runs["el"], b.runs["el"])
+    np.testing.assert_array_equal(a.frontier("dense").coef, b.frontier("dense").coef)
+
+
 def test_replicates_pool_seeds_and_report_scatter():
     m = measure_leverage(synth_runs(np.random.default_rng(2), seeds=3, seed_sd=0.01),
                          n_boot=200)

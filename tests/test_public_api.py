@@ -28,9 +28,10 @@ EXPECTED = {
         "fg_shape", "get_law", "law_names", "published_el"},
     "moescale.fit": {
         "CHINCHILLA_GRID", "CURVE_COLUMNS", "ChinchillaFitter", "DenseFrontier",
-        "ELJointFitter", "ELSeparableFitter", "FGFitter", "IsoFlopOptimum", "JointFitter",
-        "LawFitter", "PowerLawFitter", "RUN_COLUMNS", "RunTable", "clone", "crossover_compute",
-        "dense_frontier", "el_fit_report", "el_table", "extension_side", "fit_el_joint",
+        "ELJointFitter", "ELSeparableFitter", "FGFitter", "Frontier", "IsoFlopOptimum",
+        "JointFitter", "LawFitter", "Measurement", "PowerLawFitter", "RUN_COLUMNS", "RunTable",
+        "clone", "frontier_crossover_compute", "measure_leverage", "dense_frontier",
+        "el_fit_report", "el_table", "extension_side", "fit_el_joint",
         "fit_el_separable", "fit_isoflop", "frontier_crossovers", "heldout_score", "measure_el",
         "read_chinchilla", "read_clark", "read_runs", "read_store", "read_table"},
     "moescale.model": {
@@ -53,8 +54,8 @@ EXPECTED = {
     "moescale.export": {"HFExport", "HF_FAMILIES", "export_hf", "hf_config", "hf_family",
                         "hf_state_dict"},
     "moescale.report": {
-        "Analysis", "Report", "analyze", "build_report", "headline", "load_runs",
-        "summary_lines"},
+        "Analysis", "Report", "analysis_json", "analyze", "build_report", "headline",
+        "load_runs", "summary_lines", "summary_text"},
 }
 """The public surface, pinned exactly: adding or removing a public name updates this."""
 

@@ -226,13 +226,12 @@ def print_leverage(m: Any) -> None:
             warn(f"{left} run(s) with k > 1 or another routing frequency are left out of the "
                  "table (see --json)")
         pivot = el_table(main)
-        table = Table(title=f"EL at the last step ({m.level:.0%} interval in --json): rows "
-                      "(model size, router), columns E experts; * = extrapolated",
-                      box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("size", no_wrap=True)
-        table.add_column("router", no_wrap=True)
+        table = Table(title=f"EL at the last step ({m.level:.0%} intervals: --json); * = "
+                      "extrapolated", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
+        table.add_column("size", no_wrap=True, min_width=4)
+        table.add_column("router", no_wrap=True, min_width=6)
         for e in pivot.columns:
-            table.add_column(str(int(e)), justify="right", no_wrap=True)
+            table.add_column(str(int(e)), justify="right", no_wrap=True, min_width=5)
         extra = el_table(main.assign(x=main["extrapolated"].astype(float)), value="x")
         for (size, router), row in pivot.iterrows():
             flags_row = extra.loc[(size, router)]

@@ -23,6 +23,9 @@ Uncertainty: one joint bootstrap drives everything. Each replicate
    explained by the SEs (a parametric residual bootstrap);
 4. recomputes each EL.
 
+Point estimates do not depend on the bootstrap: a frontier is weighted by 1/SE² of its
+points only when every point has an SE (an optimum's interval from
+:func:`~moescale.fit.isoflop.fit_isoflop`, or a single rung's SE), else unweighted.
 Intervals are central percentile intervals (``level``, default 90%). Nothing is a
 minimum over resampled runs (which could only lower a frontier). EL > 1 is claimed only
 where the interval's lower end exceeds 1 (``claim``).
@@ -46,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from moescale.errors import ConfigError, DataError, check_range
 from moescale.fit.frontier import (
@@ -330,7 +334,7 @@ def measure_leverage(
                      "that recipe, and a pure power law bends on it; compare "
                      "--form irreducible")
 
-    optima, points = _ladders(ladder, codes, members, Lgrp, level, seed, flags)
+    optima, points = _ladders(ladder, members, Lgrp, level, flags)
     seed_sd = _pooled_sd(optima)
     frontiers, better = _frontiers(points, ladder, level, rng, flags)
     dense_fr = frontiers.get((dense_config, form))
@@ -377,11 +381,13 @@ class _Point:
     rung_full: np.ndarray
     A: float
     G: float
+    se: float = 0.0
+    """Deterministic SE of the point (0: unknown): the optimum's interval half-width over
+    z, or the best rung's SE; frontier fits weight by 1/SE² only when every point has one."""
 
 
-def _ladders(ladder: pd.DataFrame, codes: np.ndarray, members: list[np.ndarray],
-             Lgrp: np.ndarray, level: float, seed: int,
-             flags: list[str]) -> tuple[pd.DataFrame, list[_Point]]:
+def _ladders(ladder: pd.DataFrame, members: list[np.ndarray], Lgrp: np.ndarray,
+             level: float, flags: list[str]) -> tuple[pd.DataFrame, list[_Point]]:
     """IsoFLOP optimum per (config, budget) and its bootstrap replicates."""
     rows, points = [], []
     first = np.array([idx[0] for idx in members])
@@ -396,7 +402,8 @@ def _ladders(ladder: pd.DataFrame, codes: np.ndarray, members: list[np.ndarray],
         idx = np.concatenate([members[g] for g in gs])
         sub = ladder.iloc[idx]
         opt = fit_isoflop(sub["_m"].to_numpy(float), sub["loss"].to_numpy(float),
-                          se_run[idx], level=level, seed=seed, budget=float(bud))
+                          se_run[idx], level=level, budget=float(bud))  # fixed seed: the
+        # optimum and its interval (the frontier weights) never depend on the joint bootstrap
         row0 = sub.iloc[0]
         k = opt.n_rungs
         rep = Lgrp[:, gs]
@@ -410,13 +417,16 @@ def _ladders(ladder: pd.DataFrame, codes: np.ndarray, members: list[np.ndarray],
             P = np.linalg.solve((X.T * w) @ X, X.T * w)
             bx, bl = bounded_vertex(rep @ P.T, float(xc.min()), float(xc.max()))
             loss, boot, xb, used = opt.loss_opt, bl, bx + x.mean(), True
+            pse = (opt.loss_opt_high - opt.loss_opt_low) / (2 * float(norm.ppf((1 + level) / 2)))
         elif k <= 2:
             j = int(np.argmin(opt.rung_loss))
             loss, boot, xb, used = opt.rung_loss[j], rep[:, j], np.full(len(rep), x[j]), True
+            pse = opt.rung_se[j]
             reason = (f"{k} size(s): the frontier point is the best run, not an IsoFLOP "
                       "optimum")
         else:
             loss, boot, xb, used = opt.loss_opt, None, None, False
+            pse = math.nan
             reason = "left out: " + ", ".join(
                 f for f in opt.flags if not f.startswith(("not-bracketed", "lack", "no-")))
         rung_full = np.array([full[members[g]].mean() for g in gs])
@@ -428,7 +438,8 @@ def _ladders(ladder: pd.DataFrame, codes: np.ndarray, members: list[np.ndarray],
         if used:
             points.append(_Point(cfg, str(row0["arch"]), float(bud), float(loss), boot, xb,
                                  float(opt.m_opt), np.asarray(gm[gs]), rung_full,
-                                 float(row0["activation_ratio"]), float(row0["granularity"])))
+                                 float(row0["activation_ratio"]), float(row0["granularity"]),
+                                 float(pse) if math.isfinite(pse) and pse > 0 else 0.0))
     optima = pd.DataFrame(rows)
     left = optima[~optima["used"]]
     for r in left.itertuples():
@@ -462,7 +473,7 @@ def _frontiers(points: list[_Point], ladder: pd.DataFrame, level: float,
         C = np.array([p.budget for p in pts])
         y0 = np.array([p.loss for p in pts])
         Y = np.stack([p.boot for p in pts], axis=1)
-        se = Y.std(axis=0)
+        se = np.array([p.se for p in pts])
         se_arg = se if (se > 0).all() else None
         errs = {}
         for form in FORMS:
@@ -612,7 +623,7 @@ def _sensitivity(points: list[_Point], ladder: pd.DataFrame, form: str, dense_co
     by: dict[str, list[tuple[float, float, np.ndarray, float]]] = {}
     for p in points:
         ratio = np.interp(math.log(p.m_opt), np.log(p.rung_m), p.rung_full / p.rung_m)
-        by.setdefault(p.config, []).append((p.budget * ratio, p.loss, p.boot, p.budget))
+        by.setdefault(p.config, []).append((p.budget * ratio, p.loss, p.boot, p.budget, p.se))
     fits = {}
     for cfg, pts in by.items():
         if len(pts) < 2:
@@ -621,7 +632,7 @@ def _sensitivity(points: list[_Point], ladder: pd.DataFrame, form: str, dense_co
         C = np.array([t[0] for t in pts])
         y0 = np.array([t[1] for t in pts])
         Y = np.stack([t[2] for t in pts], axis=1)
-        se = Y.std(axis=0)
+        se = np.array([t[4] for t in pts])
         se_arg = se if (se > 0).all() else None
         if form == "irreducible" and len(pts) < 3:
             continue
