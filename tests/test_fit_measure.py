@@ -113,14 +113,18 @@ def test_single_budget_and_monotone_ladders_name_what_is_missing():
     df = synth_runs(np.random.default_rng(4), noise=False).runs
     df = df[df["flops_per_token"] > 0.1 * df["budget"] ** 0.5 * 1.2].reset_index(drop=True)
     with pytest.raises(DataError, match="budget 1e\\+15: left out: .*minimum-at-ladder-end"):
-        measure_leverage(RunTable.from_frame(df), n_boot=100)
+        measure_leverage(RunTable.from_frame(df), n_boot=100, degenerate="exclude")
+    # by default the best rung stands in, flagged as an upper bound: EL is biased, and said so
+    m = measure_leverage(RunTable.from_frame(df), n_boot=100)
+    assert sum("IsoFLOP fit degenerate" in f and "upper bound" in f for f in m.flags) == 10
+    assert not m.optima["interior"].any() and m.optima["used"].all()
 
 
 def test_degenerate_budget_left_out_with_flag():
     df = synth_runs(np.random.default_rng(5), noise=False).runs
     b0 = BUDGETS[0]
     keep = ~((df["budget"] == b0) & (df["flops_per_token"] < 0.1 * b0 ** 0.5 * 1.05))
-    m = measure_leverage(RunTable.from_frame(df[keep]), n_boot=100)
+    m = measure_leverage(RunTable.from_frame(df[keep]), n_boot=100, degenerate="exclude")
     assert any("at budget 1e+15: IsoFLOP fit degenerate" in f for f in m.flags)
     assert len(m.frontier("dense").compute) == len(BUDGETS) - 1
     row = m.optima[(m.optima["config"] == "dense") & (m.optima["budget"] == b0)].iloc[0]

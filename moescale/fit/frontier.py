@@ -215,6 +215,9 @@ class Frontier:
     def interval(self) -> tuple[dict[str, float], dict[str, float]]:
         """(low, high) of every coefficient at ``level`` (percentile bootstrap)."""
         q = ((1 - self.level) / 2, (1 + self.level) / 2)
+        if not np.isfinite(self.boot).any():  # no noise model: no interval
+            nan = np.full(3, np.nan)
+            return self._named(nan), self._named(nan)
         lo, hi = np.nanquantile(self.boot, q, axis=0)
         return self._named(lo), self._named(hi)
 

@@ -31,9 +31,11 @@ minimum over resampled runs (which could only lower a frontier). EL > 1 is claim
 where the interval's lower end exceeds 1 (``claim``).
 
 Degenerate ladders (:attr:`IsoFlopOptimum.usable` False: minimum at a ladder end,
-curvature ≤ 0, vertex outside the rungs) are left out of the frontier and named in the
-flags. A budget with only one or two sizes (external data, one run per size) contributes
-its best rung's loss, flagged as not an IsoFLOP optimum.
+curvature ≤ 0, vertex outside the rungs) never contribute their vertex: by default their
+best rung stands in as an upper bound on the optimum loss, named in the flags
+(``degenerate="exclude"`` leaves the budget out instead). A budget with only one or two
+sizes (external data, one run per size) contributes its best rung's loss, flagged as not
+an IsoFLOP optimum.
 
 Conventions: C in the runs' ``flops_convention`` ([EL]: Ling M·D); the sensitivity rows
 use ``flops_per_token_full`` (embedding, unembedding and router FLOPs counted).
@@ -71,6 +73,7 @@ N_BOOT = 1000
 """Default joint-bootstrap replicates."""
 NEAR_OPTIMAL = 0.0025
 """[EL] §2.2: a run is near-optimal within 0.25% of its budget's best loss."""
+DEGENERATE = ("best-rung", "exclude")
 REPLICATE_KEYS = ("learning_rate", "batch_tokens", "d_model", "n_layers", "n_experts",
                   "top_k", "n_shared_experts", "d_expert", "seq_len", "lr_multiplier")
 """Columns replicates (same config, budget and size) must agree on, where known."""
@@ -265,7 +268,7 @@ def _blocks(value: Any, run: str) -> np.ndarray | None:
 # ------------------------------------------------------------------ measurement
 def measure_leverage(
     table: RunTable, *, form: str = "power-law", level: float = 0.9, n_boot: int = N_BOOT,
-    seed: int = 0, dense_config: str = "dense",
+    seed: int = 0, dense_config: str = "dense", degenerate: str = "best-rung",
 ) -> Measurement:
     """Measure frontiers, frontier-ratio EL and per-run EL with one joint bootstrap.
 
@@ -281,6 +284,11 @@ def measure_leverage(
         Joint-bootstrap replicates (below 20: no intervals).
     dense_config : str
         The ``config`` key of the dense reference.
+    degenerate : {"best-rung", "exclude"}
+        A ladder of ≥ 3 sizes whose parabola is degenerate (minimum at a ladder end,
+        curvature ≤ 0, vertex outside): its frontier point is its best rung — an upper
+        bound on the budget's optimum loss, named in the flags — or the budget is left
+        out of the frontier. The vertex itself is never used.
 
     Raises
     ------
@@ -334,7 +342,9 @@ def measure_leverage(
                      "that recipe, and a pure power law bends on it; compare "
                      "--form irreducible")
 
-    optima, points = _ladders(ladder, members, Lgrp, level, flags)
+    if degenerate not in DEGENERATE:
+        raise ConfigError(f"'degenerate' must be one of {list(DEGENERATE)}; got {degenerate!r}")
+    optima, points = _ladders(ladder, members, Lgrp, level, flags, degenerate)
     seed_sd = _pooled_sd(optima)
     frontiers, better = _frontiers(points, ladder, level, rng, flags)
     dense_fr = frontiers.get((dense_config, form))
@@ -362,6 +372,12 @@ def measure_leverage(
                        better_form=better)
 
 
+def _why(flags: tuple[str, ...]) -> str:
+    """The degenerate-fit flags of an IsoFLOP optimum, comma-separated."""
+    return ", ".join(f for f in flags if not f.startswith(("not-bracketed", "lack", "no-",
+                                                           "interval")))
+
+
 def _pooled_sd(optima: pd.DataFrame) -> float:
     sd = optima["seed_sd"].to_numpy(dtype=float)
     ok = np.isfinite(sd)
@@ -387,7 +403,7 @@ class _Point:
 
 
 def _ladders(ladder: pd.DataFrame, members: list[np.ndarray], Lgrp: np.ndarray,
-             level: float, flags: list[str]) -> tuple[pd.DataFrame, list[_Point]]:
+             level: float, flags: list[str], degenerate: str) -> tuple[pd.DataFrame, list[_Point]]:
     """IsoFLOP optimum per (config, budget) and its bootstrap replicates."""
     rows, points = [], []
     first = np.array([idx[0] for idx in members])
@@ -418,17 +434,17 @@ def _ladders(ladder: pd.DataFrame, members: list[np.ndarray], Lgrp: np.ndarray,
             bx, bl = bounded_vertex(rep @ P.T, float(xc.min()), float(xc.max()))
             loss, boot, xb, used = opt.loss_opt, bl, bx + x.mean(), True
             pse = (opt.loss_opt_high - opt.loss_opt_low) / (2 * float(norm.ppf((1 + level) / 2)))
-        elif k <= 2:
+        elif k <= 2 or degenerate == "best-rung":
             j = int(np.argmin(opt.rung_loss))
             loss, boot, xb, used = opt.rung_loss[j], rep[:, j], np.full(len(rep), x[j]), True
             pse = opt.rung_se[j]
             reason = (f"{k} size(s): the frontier point is the best run, not an IsoFLOP "
-                      "optimum")
+                      "optimum") if k <= 2 else ("best rung (an upper bound on the optimum "
+                                                 "loss): " + _why(opt.flags))
         else:
             loss, boot, xb, used = opt.loss_opt, None, None, False
             pse = math.nan
-            reason = "left out: " + ", ".join(
-                f for f in opt.flags if not f.startswith(("not-bracketed", "lack", "no-")))
+            reason = "left out: " + _why(opt.flags)
         rung_full = np.array([full[members[g]].mean() for g in gs])
         rows.append({"config": cfg, "arch": row0["arch"],
                      "activation_ratio": float(row0["activation_ratio"]),
@@ -441,12 +457,13 @@ def _ladders(ladder: pd.DataFrame, members: list[np.ndarray], Lgrp: np.ndarray,
                                  float(row0["activation_ratio"]), float(row0["granularity"]),
                                  float(pse) if math.isfinite(pse) and pse > 0 else 0.0))
     optima = pd.DataFrame(rows)
-    left = optima[~optima["used"]]
-    for r in left.itertuples():
+    for r in optima[~optima["interior"] & (optima["n_rungs"] >= 3)].itertuples():
+        what = ("the budget is left out of its frontier" if not r.used else
+                "its frontier point is the best rung, an upper bound on the optimum loss "
+                "(extend the ladder to bracket it)")
         flags.append(f"{r.config} at budget {r.budget:.3g}: IsoFLOP fit degenerate "
-                     f"({r.reason[len('left out: '):]}); the budget is left out of its "
-                     "frontier")
-    unb = optima[optima["used"] & ~optima["bracketed"] & (optima["n_rungs"] >= 3)]
+                     f"({r.reason.split(': ', 1)[1]}); {what}")
+    unb = optima[optima["interior"] & ~optima["bracketed"]]
     if len(unb):
         flags.append(f"{len(unb)} of {int((optima['n_rungs'] >= 3).sum())} IsoFLOP ladder(s) "
                      "have an interior vertex but are not bracketed (fewer than 2 rungs each "
@@ -500,9 +517,13 @@ def _frontiers(points: list[_Point], ladder: pd.DataFrame, level: float,
                 f_flags.append(f"{len(pts)} points for {need} coefficients: no residual "
                                "degrees of freedom, the form itself is untested")
             Yb = Y + extra * rng.standard_normal(Y.shape)
-            boot = fit_frontier_coefs(C, Yb, se_arg, form=form)
-            if se_arg is None and not extra.any():
-                f_flags.append("no uncertainty information: the interval is a point")
+            if not extra.any() and np.all(Y.std(axis=0) <= 1e-9 * np.abs(y0)):
+                # no noise model at all (no SEs, no seeds, no residual dof): no interval
+                boot = np.full((len(Y), 3), np.nan)
+                f_flags.append("no uncertainty information (no loss SE, seeds or residual "
+                               "degrees of freedom): no interval")
+            else:
+                boot = fit_frontier_coefs(C, Yb, se_arg, form=form)
             ho = heldout_error(C, y0, se_arg, form=form)
             errs[form] = ho
             out[(cfg, form)] = Frontier(
@@ -512,8 +533,9 @@ def _frontiers(points: list[_Point], ladder: pd.DataFrame, level: float,
                 rmse_rel=float(np.sqrt(np.mean((resid / y0) ** 2))), flags=tuple(f_flags),
                 activation_ratio=pts[0].A, granularity=pts[0].G)
         fin = {f: abs(e) for f, e in errs.items() if math.isfinite(e)}
-        if len(fin) == 2:
-            better[cfg] = min(fin, key=fin.get)
+        if len(fin) == 2:  # a tie (E fitted at 0) goes to the simpler power law
+            better[cfg] = ("irreducible" if fin["irreducible"] < fin["power-law"] - 1e-6
+                           else "power-law")
     return out, better
 
 

@@ -126,7 +126,7 @@ def analyze(table: RunTable, *, seed: int = 0, n_boot: int = N_BOOT, level: floa
     moe = df[df["arch"] == "moe"].copy()
     if m is not None:
         an.measurement = m
-        an.notes += [f"{f[0].upper()}{f[1:]}." if not f.endswith(".") else f for f in m.flags]
+        an.notes += [f if f.endswith(".") else f"{f}." for f in m.flags]
         an.dense_frontier = PowerFit.from_frontier(m.frontier("dense"))
         if len(m.frontier("dense").compute) < 3:
             an.notes.append("The dense frontier rests on 2 points: its exponent is exact "
