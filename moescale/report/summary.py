@@ -187,7 +187,7 @@ def summary_lines(an: Analysis) -> list[str]:
         pub = AllocationLaw.published("dense")
         out.append(f"Compute-optimal dense M_opt(C) = {a.k:.3g}·C^{a.p:.3f} (exponent "
                    f"{_iv(*(a.p_ci or (None, None)))}) beside [EL] Table 1 "
-                   f"{pub.flops_per_token_law.formula()}; "
+                   f"{pub.power_law('flops_per_token').formula()}; "
                    + law_range_note(pub, "Table 1", float(budgets[0]), float(budgets[-1]))
                    + ".")
     if an.hparams and an.hparams.get("lr") is not None:
