@@ -287,3 +287,13 @@ def test_planted_pickle_in_a_run_folder_runs_nothing(cache, tmp_path, monkeypatc
     assert done.returncode == 2, done.stderr
     assert "cannot be loaded safely" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not marker.exists()
+
+
+def test_metrics_shorter_than_the_checkpoint_is_a_one_line_error(cache, tmp_path, monkeypatch,
+                                                                 one_torch_thread):
+    out = tmp_path / "run"
+    _interrupted(_cfg(cache), out, monkeypatch)
+    first = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[0]
+    (out / "metrics.jsonl").write_text(first)
+    with pytest.raises(DataError, match=r"holds 1 complete lines, the checkpoint expects \d+"):
+        train(DENSE, _cfg(cache), out)

@@ -183,3 +183,44 @@ def test_sharded_step_past_the_plan_is_refused(tmp_path):
         sh.save_sharded(tmp_path, model, opt, _payload(5, 1), ONE)
     with pytest.raises(DataError, match=r"'step' .* must be an int in \[1, 5\)"):
         sh.load_sharded(tmp_path, model, opt, ONE, n_steps=5)
+
+
+def test_trainer_resumes_from_sharded_checkpoints_bit_identically(token_cache, tmp_path,
+                                                                  monkeypatch, one_torch_thread):
+    """The trainer's FSDP2 checkpoint path (save_sharded / load_sharded) on one CPU process:
+    the runtime is marked ``fsdp`` (FSDP2 itself needs CUDA in the trainer; on one rank the
+    model is not wrapped), a crash after the 3rd sharded save, a resume, and the same
+    metrics as an uninterrupted run."""
+    import dataclasses
+
+    from moescale.train import TrainConfig, train, trainer
+
+    spec = ModelSpec(name="tiny", d_model=32, n_layers=2, n_heads=2, vocab_size=257, d_ffn=64)
+    cfg = TrainConfig(compute=1.5e9, seq_len=32, cache_dir=token_cache, learning_rate=3e-3,
+                      log_every=1, checkpoint_every_steps=2, n_evals=4, threads=1)
+    ref = train(spec, cfg, tmp_path / "ref")
+
+    real_runtime, real_save = trainer.runtime_settings, trainer.save_sharded
+    monkeypatch.setattr(trainer, "runtime_settings",
+                        lambda *a, **k: dataclasses.replace(real_runtime(*a, **k), fsdp=True))
+    calls = {"n": 0}
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(trainer, "save_sharded", save_then_crash)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, cfg, out)
+    assert (out / sh.SHARDED_NAME / "meta.pt").is_file()
+    assert (out / sh.PREVIOUS_SHARDED_NAME).is_dir() and not (out / ck.CHECKPOINT_NAME).exists()
+    monkeypatch.setattr(trainer, "save_sharded", real_save)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP: "assuming ... a single process"
+        resumed = train(spec, cfg, out)
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
+    assert resumed["val_loss"] == ref["val_loss"]
+    assert not any(out.glob("checkpoint.*"))

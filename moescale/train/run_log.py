@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moescale.errors import DataError
+
 __all__ = ["MetricsLog", "ProgressBar", "tensorboard_writer"]
 
 
@@ -52,8 +54,9 @@ class MetricsLog:
                         break
                     kept.append(line)
         if len(kept) < n_lines:
-            raise RuntimeError(
-                f"{self.path} holds {len(kept)} complete lines, the checkpoint expects {n_lines}"
+            raise DataError(
+                f"{self.path} holds {len(kept)} complete lines, the checkpoint expects "
+                f"{n_lines}; delete the run folder to retrain"
             )
         with open(self.path, "wb") as fh:
             fh.writelines(kept)
