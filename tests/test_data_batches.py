@@ -200,6 +200,8 @@ def test_describe_keys_and_manifest(ds):
         "train_docs",
         "val_docs",
         "val_fraction",
+        "val_min_docs",
+        "split_rule",
         "cache",
     }
     assert info["corpus_hash"] == ds.manifest()["corpus_hash"]
@@ -213,3 +215,50 @@ def test_max_val_batches_is_the_limit(ds):
     assert len(ds.val_batches(n, 4, 16)) == n
     with pytest.raises(DataError, match="validation split too small"):
         ds.val_batches(n + 1, 4, 16)
+
+
+def _doc_of_windows(ds: TokenDataset, seq_len: int) -> np.ndarray:
+    """Document (count of end-of-document tokens before it) each val window starts in."""
+    val = np.array(ds._arrays["val"])
+    n_eod_before = np.concatenate([[0], np.cumsum(val == ds.eod_id)])
+    return n_eod_before[np.arange(ds.n_windows(seq_len, "val")) * seq_len]
+
+
+def test_eval_sample_whole_split_and_document_balanced_sample(ds):
+    seq = 16
+    n_win = ds.n_windows(seq, "val")
+    whole = ds.eval_sample(seq)
+    assert whole.whole and np.array_equal(whole.windows, np.arange(n_win))
+    assert whole.docs == whole.val_docs == ds.meta["val"]["docs"] >= 8
+
+    sample = ds.eval_sample(seq, max_tokens=16 * 50 + 7, multiple_of=4)
+    assert not sample.whole and len(sample.windows) == 48 and sample.tokens == 48 * 16
+    assert np.all(np.diff(sample.windows) > 0) and sample.windows[-1] < n_win
+    doc_of = _doc_of_windows(ds, seq)
+    available = np.bincount(doc_of, minlength=whole.val_docs)
+    taken = np.bincount(doc_of[sample.windows], minlength=whole.val_docs)
+    short = taken < available  # documents that gave only part of their windows
+    assert short.any() and taken[short].max() - taken[short].min() <= 1  # equal quotas
+    assert np.all(taken[~short] <= taken[short].min() + 1)  # exhausted ones are the small ones
+    assert sample.docs == int((taken > 0).sum())
+    assert ds.eval_sample(seq, max_tokens=16 * 50 + 7, multiple_of=4).windows.tolist() == (
+        sample.windows.tolist())  # deterministic
+    with pytest.raises(DataError, match="validation split too small"):
+        ds.eval_sample(seq, max_tokens=16, multiple_of=4)
+
+
+def test_eval_blocks_follow_the_sample_and_shard_over_ranks(ds):
+    seq = 16
+    sample = ds.eval_sample(seq, max_tokens=16 * 24, multiple_of=8)
+    blocks = list(ds.iter_eval_blocks(sample, 8))
+    assert len(blocks) == 3 and all(x.shape == (8, seq) for x, _ in blocks)
+    val = torch.from_numpy(np.array(ds._arrays["val"], dtype=np.int64))
+    for b, (x, y) in enumerate(blocks):
+        for r, w in enumerate(sample.windows[b * 8 : (b + 1) * 8]):
+            assert torch.equal(x[r], val[w * seq : w * seq + seq])
+            assert torch.equal(y[r], val[w * seq + 1 : w * seq + seq + 1])
+    shards = [list(ds.iter_eval_blocks(sample, 8, rank=r, world_size=2)) for r in range(2)]
+    for b in range(3):
+        assert torch.equal(torch.cat([shards[0][b][0], shards[1][b][0]]), blocks[b][0])
+    with pytest.raises(ConfigError, match="multiple of world_size 3"):
+        next(ds.iter_eval_blocks(sample, 8, world_size=3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -85,8 +86,8 @@ def test_get_tokenizer_names(tmp_path):
 
 def test_split_deterministic_disjoint_and_content_keyed(tmp_path):
     c = folder_corpus(make_corpus(tmp_path / "c"))
-    mask = split_documents(c, 0.1)
-    assert np.array_equal(mask, split_documents(c, 0.1))
+    mask = split_documents(c, 0.1, min_docs=1)  # the byte-fraction rule alone
+    assert np.array_equal(mask, split_documents(c, 0.1, min_docs=1))
     docs = [d.data for d in c]
     val_bytes = sum(len(d) for d, m in zip(docs, mask, strict=True) if m)
     total = sum(len(d) for d in docs)
@@ -100,12 +101,36 @@ def test_split_deterministic_disjoint_and_content_keyed(tmp_path):
     for i, d in enumerate(reversed(docs)):
         (other / f"x{i:04d}.txt").write_bytes(d)
     c2 = folder_corpus(other)
-    mask2 = split_documents(c2, 0.1)
+    mask2 = split_documents(c2, 0.1, min_docs=1)
     val1 = {d for d, m in zip(docs, mask, strict=True) if m}
     val2 = {d.data for d, m in zip(c2, mask2, strict=True) if m}
     assert val1 == val2
     with pytest.raises(ConfigError, match=r"'val_fraction' must be a number in \(0, 0.5\]; got 0"):
         split_documents(c, 0)
+
+
+def _hash_rank_prefix(docs: list[bytes], n: int) -> set[bytes]:
+    """The n documents of lowest salted SHA-256 (an independent statement of the rule)."""
+    def key(d):
+        return hashlib.sha256(cache_mod.SPLIT_SALT + d).digest()[:8]
+    return set(sorted(docs, key=key)[:n])
+
+
+def test_split_takes_at_least_min_docs_within_half_the_bytes(tmp_path):
+    c = folder_corpus(make_corpus(tmp_path / "c"))
+    docs = [d.data for d in c]
+    total = sum(len(d) for d in docs)
+    mask = split_documents(c, 0.01)  # default: at least 30 documents
+    assert cache_mod.VAL_MIN_DOCS == 30 and mask.sum() == 30
+    assert {d for d, m in zip(docs, mask, strict=True) if m} == _hash_rank_prefix(docs, 30)
+    # a minimum beyond half the corpus stops at the largest hash-prefix within half the bytes
+    mask = split_documents(c, 0.01, min_docs=100)
+    val = [d for d, m in zip(docs, mask, strict=True) if m]
+    assert set(val) == _hash_rank_prefix(docs, len(val))
+    assert sum(map(len, val)) <= 0.5 * total
+    assert sum(map(len, _hash_rank_prefix(docs, len(val) + 1))) > 0.5 * total
+    with pytest.raises(ConfigError, match="'val_min_docs' must be an int >= 1; got 0"):
+        split_documents(c, 0.1, min_docs=0)
 
 
 def test_split_needs_two_documents(tmp_path):
@@ -264,7 +289,9 @@ def test_default_corpus_cache_builds_fast(tmp_path):
     # byte tokens + one end-of-document per non-empty file, an independent count
     assert ds.train_tokens + ds.val_tokens == c.total_bytes + nonempty
     assert ds.train_tokens + ds.val_tokens >= 8_000_000
-    assert 0.01 <= ds.val_tokens / (ds.train_tokens + ds.val_tokens) < 0.05
+    # validation: 30 whole files (the document minimum outweighs 1% of the bytes here)
+    assert ds.meta["val"]["docs"] == 30
+    assert 0.01 <= ds.val_tokens / (ds.train_tokens + ds.val_tokens) < 0.5
     assert seconds < 20, seconds
     assert os.path.getsize(ds.path / "train.bin") == 2 * ds.train_tokens
 

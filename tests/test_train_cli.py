@@ -106,6 +106,13 @@ def test_train_json_and_bench_keys(spec, tmp_path, capsys, cache):
                 "params_active", "spec", "hyperparameters", "corpus_hash", "wall_time_s",
                 "tokens_per_s", "mfu", "status"):
         assert key in record, key
+    # the same folder again: the finished record, as a table with the final evaluation
+    with pytest.raises(SystemExit) as exc:
+        main(["train", spec, "--compute", "1e9", "--seq-len", "32", "--lr", "3e-3",
+              "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert f"{record['loss']:.4f} ± {record['val_loss_se']:.4f}" in out
+    assert f"{record['val_tokens']} ({record['evaluation']['docs']})" in out
     with pytest.raises(SystemExit) as exc:
         main(["bench", "train", spec, "--steps", "2", "--rounds", "1", "--seq-len", "32",
               "--micro-batch", "4", "--no-compile", "--json"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -40,7 +41,18 @@ def test_tiny_run_reaches_requested_compute(spec, cache, tmp_path):
     assert on_disk["val_loss"] == result["val_loss"]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == result["steps"] and lines[-1]["tokens"] == result["tokens"]
-    assert lines[-1]["val_loss"] == result["val_loss"]
+    assert lines[-1]["val_loss"] == result["val_loss_periodic"]
+    # final evaluation: 65,536 tokens over >= 30 validation documents, in 32 equal blocks
+    blocks = result["eval_block_losses"]
+    ev = result["evaluation"]
+    assert result["val_tokens"] == 65536 == len(blocks) * ev["block_tokens"] and len(blocks) == 32
+    assert ev["docs"] >= 30 and result["data"]["val_docs"] >= 30
+    assert result["loss"] == pytest.approx(sum(blocks) / len(blocks), rel=1e-12)
+    assert result["val_loss_se"] == pytest.approx(
+        statistics.stdev(blocks) / math.sqrt(len(blocks)), rel=1e-9)
+    assert 0 < result["val_loss_se"] < 0.2
+    assert result["train_loss_last5"] == result["train_loss"]
+    assert result["flops_per_token_full"] == flops_per_token(spec, convention="full", seq_len=32)
     assert sum("val_loss" in x for x in lines) >= 5  # regular compute intervals + the end
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     for key in ("step", "tokens", "flops", "lr", "train_loss"):

@@ -45,7 +45,14 @@ def train_cmd(
         None, "--aux-free-bias-rate", help="Aux-loss-free bias rate u (0: off)."
     ),
     eval_every: str = typer.Option(None, "--eval-every", help="FLOPs between evaluations."),
-    eval_batches: int = typer.Option(None, "--eval-batches", help="Validation micro-batches."),
+    eval_batches: int = typer.Option(
+        None, "--eval-batches", help="Validation micro-batches of each periodic evaluation."
+    ),
+    eval_tokens: int = typer.Option(
+        None, "--eval-tokens",
+        help="Final evaluation: validation tokens spread over the documents (default 65536; "
+        "0 = the whole validation split).",
+    ),
     log_every: int = typer.Option(None, "--log-every", help="Steps between metrics lines."),
     checkpoint_every: float = typer.Option(
         None, "--checkpoint-every", help="Seconds between checkpoints (default 300)."
@@ -90,6 +97,7 @@ def train_cmd(
         },
         "eval_every": parse_float("eval_every", eval_every) if eval_every is not None else None,
         "eval_batches": eval_batches,
+        "eval_tokens": eval_tokens,
         "log_every": log_every,
         "checkpoint_every_s": checkpoint_every,
         "checkpoint_every_steps": checkpoint_every_steps,
@@ -97,7 +105,9 @@ def train_cmd(
         "fsdp": fsdp,
         "threads": threads,
     }
-    spec, cfg = load_run_config(config, overrides)
+    spec, cfg = load_run_config(config, {**overrides, "eval_tokens": eval_tokens or None})
+    if eval_tokens == 0:  # the whole validation split
+        cfg = cfg.replace(eval_tokens=None)
     result = train(spec, cfg, out, progress=progress if _MAIN else False,
                    ignore_memory_check=ignore_memory_check)
     if _MAIN:
@@ -106,12 +116,16 @@ def train_cmd(
         else:
             rows = [
                 ("status", result["status"]),
-                ("val loss", result["val_loss"]),
-                ("train loss (last 5% of steps)", result["train_loss"]),
+                ("val loss (final evaluation)", _with_se(result)),
+                ("val tokens evaluated (documents)",
+                 f"{result['val_tokens']} ({result['evaluation']['docs']})"
+                 if result.get("evaluation") else None),
+                ("train loss (last 5% of steps)", result["train_loss_last5"]),
                 ("steps", result["steps"]),
                 ("tokens D", result["tokens"]),
                 ("FLOPs M·D (requested C)", f"{result['flops']:.4e} ({result['compute']:.4e})"),
                 ("FLOPs/token (Ling M)", result["flops_per_token"]),
+                ("FLOPs/token (full: + head, router)", result["flops_per_token_full"]),
                 ("learning rate", result["learning_rate"]),
                 ("batch tokens", result["batch_tokens"]),
                 ("wall time (s)", result["wall_time_s"]),
@@ -122,6 +136,13 @@ def train_cmd(
     if result["status"] != "completed":
         print(f"error: run {result['status']}: {result['error']}", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def _with_se(result: dict) -> str | None:
+    if result.get("loss") is None:
+        return None
+    se = result.get("val_loss_se")
+    return f"{result['loss']:.4f} ± {se:.4f} (s.e.)" if se is not None else f"{result['loss']:.4f}"
 
 
 def bench_train_cmd(

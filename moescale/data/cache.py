@@ -19,8 +19,11 @@ Each document is identified by the SHA-256 of its bytes (salted with
 :data:`SPLIT_SALT`), so the split depends only on document contents, never on
 file order, machine or interpreter; duplicates always land on the same side.
 Documents are ranked by that hash and taken into validation, lowest first, until
-they hold at least ``val_fraction`` of the corpus bytes (at least one document,
-and at least one document is left for training).
+they hold at least ``val_fraction`` of the corpus bytes **and** at least
+``min_docs`` documents (default :data:`VAL_MIN_DOCS` = 30, so that no single file
+dominates the validation loss), except that the document minimum never takes the
+validation split past half the corpus bytes. At least one document goes to
+validation and at least one is left for training.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from moescale.errors import ConfigError, DataError
 __all__ = [
     "CACHE_FORMAT_VERSION",
     "SPLIT_SALT",
+    "VAL_MIN_DOCS",
     "CacheEntry",
     "token_cache_dir",
     "split_documents",
@@ -52,6 +56,8 @@ __all__ = [
 
 CACHE_FORMAT_VERSION = 1
 SPLIT_SALT = b"moescale-split-v1\0"
+VAL_MIN_DOCS = 30
+"""Default least number of validation documents (issue #10: >= 30 documents)."""
 _FLUSH_TOKENS = 1 << 22  # write every ~4M tokens
 _ENCODE_BATCH_BYTES = 1 << 22
 
@@ -76,7 +82,9 @@ def _doc_key(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(SPLIT_SALT + data).digest()[:8], "big")
 
 
-def split_documents(corpus: Corpus, val_fraction: float = 0.01) -> np.ndarray:
+def split_documents(
+    corpus: Corpus, val_fraction: float = 0.01, min_docs: int = VAL_MIN_DOCS
+) -> np.ndarray:
     """Boolean mask over ``corpus.iter_documents()`` order: True = validation.
 
     Documents with no bytes are neither (they yield no tokens) and are marked False.
@@ -85,7 +93,10 @@ def split_documents(corpus: Corpus, val_fraction: float = 0.01) -> np.ndarray:
     ----------
     corpus : Corpus
     val_fraction : float
-        Fraction of the corpus bytes to hold out, in (0, 0.5].
+        Least fraction of the corpus bytes to hold out, in (0, 0.5].
+    min_docs : int
+        Least number of validation documents (distinct contents), as far as half the
+        corpus bytes allows (module docstring).
     """
     if (
         isinstance(val_fraction, bool)
@@ -93,6 +104,8 @@ def split_documents(corpus: Corpus, val_fraction: float = 0.01) -> np.ndarray:
         or not (0 < val_fraction <= 0.5)
     ):
         raise ConfigError(f"'val_fraction' must be a number in (0, 0.5]; got {val_fraction!r}")
+    if isinstance(min_docs, bool) or not isinstance(min_docs, int) or min_docs < 1:
+        raise ConfigError(f"'val_min_docs' must be an int >= 1; got {min_docs!r}")
     keys, sizes = array("Q"), array("q")  # compact even for millions of documents
     for doc in corpus.iter_documents():
         keys.append(_doc_key(doc.data))
@@ -111,6 +124,8 @@ def split_documents(corpus: Corpus, val_fraction: float = 0.01) -> np.ndarray:
     target = val_fraction * float(sizes_a.sum())
     cum = np.cumsum(bytes_per_key)
     n_keys = int(np.searchsorted(cum, target, side="left")) + 1  # first prefix reaching target
+    half = int(np.searchsorted(cum, 0.5 * float(sizes_a.sum()), side="right"))  # within half
+    n_keys = max(n_keys, min(min_docs, half))
     n_keys = min(max(n_keys, 1), len(uniq) - 1)
     if n_keys < 1:
         raise DataError(
@@ -144,13 +159,20 @@ class CacheEntry:
         return np.memmap(self.path / f"{split}.bin", dtype=self.meta["dtype"], mode="r", shape=(n,))
 
 
-def _entry_key(corpus_hash: str, tokenizer_id: str, val_fraction: float) -> str:
+def _split_ident(val_fraction: float, min_docs: int) -> dict[str, Any]:
+    split = {"salt": SPLIT_SALT.decode("latin-1"), "val_fraction": float(val_fraction)}
+    if min_docs != 1:  # split rule of cache entries built before the document minimum
+        split["min_docs"] = int(min_docs)
+    return split
+
+
+def _entry_key(corpus_hash: str, tokenizer_id: str, val_fraction: float, min_docs: int) -> str:
     ident = json.dumps(
         {
             "cache_format": CACHE_FORMAT_VERSION,
             "corpus_hash": corpus_hash,
             "tokenizer": tokenizer_id,
-            "split": {"salt": SPLIT_SALT.decode("latin-1"), "val_fraction": float(val_fraction)},
+            "split": _split_ident(val_fraction, min_docs),
         },
         sort_keys=True,
     )
@@ -235,6 +257,7 @@ def build_token_cache(
     tokenizer: Tokenizer,
     *,
     val_fraction: float = 0.01,
+    val_min_docs: int = VAL_MIN_DOCS,
     cache_dir: str | os.PathLike | None = None,
     val_mask: np.ndarray | None = None,
 ) -> CacheEntry:
@@ -244,8 +267,9 @@ def build_token_cache(
     ----------
     corpus, tokenizer
         What to tokenise and how; their hash and ``id`` key the entry.
-    val_fraction : float
-        Validation share of corpus bytes (see module docstring).
+    val_fraction, val_min_docs
+        Validation share of corpus bytes and least number of validation documents
+        (see module docstring).
     cache_dir : path-like, optional
         Cache folder; default :func:`token_cache_dir`.
     val_mask : ndarray of bool, optional
@@ -258,7 +282,7 @@ def build_token_cache(
     """
     root = token_cache_dir(cache_dir)
     corpus_hash = corpus.hash
-    key = _entry_key(corpus_hash, tokenizer.id, val_fraction)
+    key = _entry_key(corpus_hash, tokenizer.id, val_fraction, val_min_docs)
     path = root / f"{corpus.name}-{tokenizer.id}-{key}"
     entry = _valid_entry(path)
     if entry is not None:
@@ -271,38 +295,71 @@ def build_token_cache(
             f"cannot create the token cache folder {path}: {exc.strerror or exc} "
             "(set MOESCALE_CACHE to a writable folder)"
         ) from None
-
     _remove_stale_temps(path)
     t0 = time.perf_counter()
     if val_mask is None:
-        val_mask = split_documents(corpus, val_fraction)
+        val_mask = split_documents(corpus, val_fraction, val_min_docs)
+    writers = _tokenise(corpus, tokenizer, val_mask, path)
+    meta = {
+        "cache_format": CACHE_FORMAT_VERSION,
+        "key": key,
+        "corpus_hash": corpus_hash,
+        "tokenizer": {
+            "id": tokenizer.id,
+            "kind": type(tokenizer).__name__,
+            "vocab_size": tokenizer.vocab_size,
+            "eod_id": tokenizer.eod_id,
+        },
+        "split": {
+            "rule": "sha256(salt+document) rank, lowest to validation until val_fraction of "
+                    "bytes and min_docs documents (the latter within half the bytes)",
+            **_split_ident(val_fraction, val_min_docs),
+            "min_docs": int(val_min_docs),
+        },
+        "dtype": writers["train"].dtype.name,
+        **{s: {"tokens": w.tokens, "docs": w.docs, "sha256": w.sha.hexdigest()}
+           for s, w in writers.items()},
+        "tokenize_seconds": round(time.perf_counter() - t0, 3),
+        "created_unix": int(time.time()),
+        "manifest": corpus.manifest(),
+    }
+    from moescale.spec.io import atomic_write
+
+    try:
+        atomic_write(path / "meta.json", json.dumps(meta, indent=1))
+    except OSError as exc:
+        raise DataError(f"cannot write {path / 'meta.json'}: {exc.strerror or exc}") from None
+    entry = CacheEntry(path=path, meta=meta)
+    entry.meta["built"] = True
+    return entry
+
+
+def _tokenise(
+    corpus: Corpus, tokenizer: Tokenizer, val_mask: np.ndarray, path: Path
+) -> dict[str, _TmpWriter]:
+    """Encode every document into ``path/{train,val}.bin`` (published atomically); returns
+    the writers (token/document counts and SHA-256 of each split)."""
     dtype = _dtype_for(tokenizer.vocab_size)
     writers = {s: _TmpWriter(path, f"{s}.bin", dtype) for s in ("train", "val")}
+    changed = DataError(f"corpus {corpus.name!r} changed while it was being tokenised")
     try:
         pending: list[tuple[bytes, str]] = []
         pending_bytes = 0
-
-        def drain() -> None:
-            nonlocal pending, pending_bytes
-            encoded = tokenizer.encode_many([d for d, _ in pending])
-            for ids, (_, split) in zip(encoded, pending, strict=True):
-                writers[split].add(ids, tokenizer.eod_id)
-            pending, pending_bytes = [], 0
-
         n_seen = 0
         for i, doc in enumerate(corpus.iter_documents()):
             n_seen += 1
             if not doc.data:
                 continue
             if i >= len(val_mask):
-                raise DataError(f"corpus {corpus.name!r} changed while it was being tokenised")
+                raise changed
             pending.append((doc.data, "val" if val_mask[i] else "train"))
             pending_bytes += len(doc.data)
             if pending_bytes >= _ENCODE_BATCH_BYTES:
-                drain()
-        drain()
+                _encode_into(tokenizer, pending, writers)
+                pending, pending_bytes = [], 0
+        _encode_into(tokenizer, pending, writers)
         if n_seen != len(val_mask):
-            raise DataError(f"corpus {corpus.name!r} changed while it was being tokenised")
+            raise changed
         for s, w in writers.items():
             w.publish(path / f"{s}.bin")
     except OSError as exc:
@@ -316,44 +373,12 @@ def build_token_cache(
         for w in writers.values():
             w.discard()
         raise
-    seconds = time.perf_counter() - t0
-    manifest = corpus.manifest()
-    meta = {
-        "cache_format": CACHE_FORMAT_VERSION,
-        "key": key,
-        "corpus_hash": corpus_hash,
-        "tokenizer": {
-            "id": tokenizer.id,
-            "kind": type(tokenizer).__name__,
-            "vocab_size": tokenizer.vocab_size,
-            "eod_id": tokenizer.eod_id,
-        },
-        "split": {
-            "rule": "sha256(salt+document) rank, lowest to validation until val_fraction of bytes",
-            "salt": SPLIT_SALT.decode("latin-1"),
-            "val_fraction": float(val_fraction),
-        },
-        "dtype": dtype.name,
-        "train": {
-            "tokens": writers["train"].tokens,
-            "docs": writers["train"].docs,
-            "sha256": writers["train"].sha.hexdigest(),
-        },
-        "val": {
-            "tokens": writers["val"].tokens,
-            "docs": writers["val"].docs,
-            "sha256": writers["val"].sha.hexdigest(),
-        },
-        "tokenize_seconds": round(seconds, 3),
-        "created_unix": int(time.time()),
-        "manifest": manifest,
-    }
-    from moescale.spec.io import atomic_write
+    return writers
 
-    try:
-        atomic_write(path / "meta.json", json.dumps(meta, indent=1))
-    except OSError as exc:
-        raise DataError(f"cannot write {path / 'meta.json'}: {exc.strerror or exc}") from None
-    entry = CacheEntry(path=path, meta=meta)
-    entry.meta["built"] = True
-    return entry
+
+def _encode_into(
+    tokenizer: Tokenizer, pending: list[tuple[bytes, str]], writers: dict[str, _TmpWriter]
+) -> None:
+    encoded = tokenizer.encode_many([d for d, _ in pending])
+    for ids, (_, split) in zip(encoded, pending, strict=True):
+        writers[split].add(ids, tokenizer.eod_id)

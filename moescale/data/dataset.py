@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moescale.data.cache import CacheEntry, build_token_cache, split_documents, token_cache_dir
+from moescale.data.cache import (
+    VAL_MIN_DOCS,
+    CacheEntry,
+    build_token_cache,
+    split_documents,
+    token_cache_dir,
+)
 from moescale.data.corpus import Corpus, resolve_corpus
 from moescale.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file
 from moescale.errors import ConfigError, DataError
@@ -36,7 +42,7 @@ from moescale.errors import ConfigError, DataError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TokenDataset", "open_dataset", "get_tokenizer", "window_order"]
+__all__ = ["TokenDataset", "EvalSample", "open_dataset", "get_tokenizer", "window_order"]
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -164,6 +170,8 @@ class TokenDataset:
             "train_docs": self.meta["train"]["docs"],
             "val_docs": self.meta["val"]["docs"],
             "val_fraction": self.meta["split"]["val_fraction"],
+            "val_min_docs": self.meta["split"].get("min_docs", 1),
+            "split_rule": self.meta["split"]["rule"],
             "cache": str(self.path),
         }
 
@@ -310,6 +318,99 @@ class TokenDataset:
             out.append(self._rows("val", rows * seq_len, seq_len))
         return out
 
+    def _val_doc_starts(self) -> np.ndarray:
+        """Offset of each validation document in the validation stream."""
+        if not hasattr(self, "_doc_starts"):
+            eod = np.flatnonzero(np.asarray(self._array("val")) == self.eod_id)
+            self._doc_starts = np.concatenate([[0], eod[:-1] + 1]).astype(np.int64)
+        return self._doc_starts
+
+    def eval_sample(self, seq_len: int, max_tokens: int | None = None,
+                    multiple_of: int = 1) -> EvalSample:
+        """The windows of the final evaluation, in stream order.
+
+        ``max_tokens=None`` (or at least the split): every non-overlapping window of the
+        validation stream. Otherwise ``max_tokens // seq_len`` windows (rounded down to a
+        multiple of ``multiple_of``, the evaluation block) spread over the documents: each
+        document (the one a window starts in) gets an equal quota, a document with fewer
+        windows gives all of them and the rest is shared among the others, and a document's
+        windows are taken evenly spaced. Deterministic: a function of the split only.
+        """
+        seq_len = _check_int("seq_len", seq_len, 1)
+        multiple_of = _check_int("multiple_of", multiple_of, 1)
+        n_win = self.n_windows(seq_len, "val")
+        starts = self._val_doc_starts()
+        doc_of = np.searchsorted(starts, np.arange(n_win, dtype=np.int64) * seq_len,
+                                 side="right") - 1
+        want = n_win if max_tokens is None else min(n_win, max_tokens // seq_len)
+        want -= want % multiple_of
+        if want < 1:
+            raise DataError(
+                f"validation split too small: {n_win} windows of seq_len {seq_len} "
+                f"({self.val_tokens} tokens); the final evaluation needs {multiple_of} "
+                f"(one block of {multiple_of * seq_len} tokens): raise val_fraction"
+            )
+        if want == n_win:
+            windows = np.arange(n_win, dtype=np.int64)
+        else:
+            counts = np.bincount(doc_of, minlength=len(starts))
+            first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            quota = np.zeros_like(counts)
+            remaining, order = want, np.argsort(counts, kind="stable")
+            for i, d in enumerate(order):  # water-filling, smallest documents first
+                left = len(order) - i
+                quota[d] = min(counts[d], -(-remaining // left))
+                remaining -= quota[d]
+            windows = np.concatenate([
+                first[d] + (np.arange(q, dtype=np.int64) * counts[d]) // q
+                for d, q in enumerate(quota) if q > 0
+            ])
+            windows.sort()
+        used = int(len(np.unique(doc_of[windows]))) if len(windows) else 0
+        return EvalSample(windows, used, len(starts), seq_len, whole=want == n_win)
+
+    def iter_eval_blocks(
+        self, sample: EvalSample, block_windows: int, *, rank: int = 0, world_size: int = 1
+    ):
+        """This rank's rows of each block of ``block_windows`` consecutive sample windows:
+        ``(x, y)`` per block, made lazily (a whole large split is never held in memory)."""
+        block_windows = _check_int("block_windows", block_windows, 1)
+        if block_windows % world_size:
+            raise ConfigError(
+                f"'block_windows' must be a multiple of world_size {world_size}; "
+                f"got {block_windows}"
+            )
+        per_rank = block_windows // world_size
+        for b in range(len(sample.windows) // block_windows):
+            rows = sample.windows[b * block_windows + rank * per_rank:][:per_rank]
+            yield self._rows("val", rows * sample.seq_len, sample.seq_len)
+
+
+class EvalSample:
+    """The final evaluation's windows: which, from how many documents, in which blocks."""
+
+    def __init__(self, windows: np.ndarray, docs: int, val_docs: int, seq_len: int,
+                 whole: bool) -> None:
+        self.windows, self.docs, self.val_docs = windows, docs, val_docs
+        self.seq_len, self.whole = seq_len, whole
+
+    @property
+    def tokens(self) -> int:
+        """Target tokens evaluated (windows × seq_len)."""
+        return int(len(self.windows)) * self.seq_len
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "sample": "whole validation split" if self.whole else
+                      "windows spread evenly over the validation documents (equal quota each; "
+                      "smaller documents give all theirs)",
+            "tokens": self.tokens,
+            "windows": int(len(self.windows)),
+            "docs": self.docs,
+            "val_docs": self.val_docs,
+            "seq_len": self.seq_len,
+        }
+
 
 def get_tokenizer(
     name: str | Tokenizer,
@@ -317,6 +418,7 @@ def get_tokenizer(
     *,
     cache_dir: str | os.PathLike | None = None,
     val_fraction: float = 0.01,
+    val_min_docs: int = VAL_MIN_DOCS,
     val_mask: np.ndarray | None = None,
     max_train_bytes: int = 200_000_000,
 ) -> Tokenizer:
@@ -324,7 +426,8 @@ def get_tokenizer(
 
     ``"bpe:<vocab>"`` trains a byte-level BPE on the *training* documents of ``corpus``
     (at most ``max_train_bytes`` of them, in corpus order) once, and saves it as
-    ``<cache_dir>/tokenizers/bpe<vocab>-<corpus hash 16>-val<val_fraction>.json``; later
+    ``<cache_dir>/tokenizers/bpe<vocab>-<corpus hash 16>-val<val_fraction>[-docs<n>].json``;
+    later
     calls load it. ``val_mask`` (from :func:`split_documents`) saves a pass.
     """
     if isinstance(name, Tokenizer):
@@ -342,11 +445,12 @@ def get_tokenizer(
         if corpus is None:
             raise ConfigError("a BPE tokenizer needs the corpus it is trained on")
         folder = token_cache_dir(cache_dir) / "tokenizers"
-        path = folder / f"bpe{vocab}-{corpus.hash[:16]}-val{val_fraction:g}.json"
+        docs = f"-docs{val_min_docs}" if val_min_docs != 1 else ""
+        path = folder / f"bpe{vocab}-{corpus.hash[:16]}-val{val_fraction:g}{docs}.json"
         if path.is_file():
             return BPETokenizer.load(path)
         if val_mask is None:
-            val_mask = split_documents(corpus, val_fraction)
+            val_mask = split_documents(corpus, val_fraction, val_min_docs)
 
         def train_docs():
             seen = 0
@@ -375,6 +479,7 @@ def open_dataset(
     tokenizer: Tokenizer | str = "byte",
     *,
     val_fraction: float = 0.01,
+    val_min_docs: int = VAL_MIN_DOCS,
     cache_dir: str | os.PathLike | None = None,
     text_field: str = "text",
     pattern: str | None = None,
@@ -390,8 +495,9 @@ def open_dataset(
         ``save_to_disk`` folder).
     tokenizer : Tokenizer or str
         ``"byte"`` (default), ``"bpe:<vocab>"`` or a tokenizer JSON path.
-    val_fraction : float
-        Validation share of corpus bytes, document-level.
+    val_fraction, val_min_docs
+        Least validation share of corpus bytes and least number of validation documents
+        (document-level split, :func:`~moescale.data.cache.split_documents`).
     cache_dir : path-like, optional
         Default ``$MOESCALE_CACHE`` or ``~/.cache/moescale/tokens``.
     text_field : str
@@ -402,11 +508,13 @@ def open_dataset(
     c = resolve_corpus(corpus, text_field=text_field, pattern=pattern)
     val_mask = None
     if not isinstance(tokenizer, Tokenizer) and tokenizer != "byte":
-        val_mask = split_documents(c, val_fraction)
+        val_mask = split_documents(c, val_fraction, val_min_docs)
     tok = get_tokenizer(
-        tokenizer, c, cache_dir=cache_dir, val_fraction=val_fraction, val_mask=val_mask
+        tokenizer, c, cache_dir=cache_dir, val_fraction=val_fraction,
+        val_min_docs=val_min_docs, val_mask=val_mask,
     )
     entry = build_token_cache(
-        c, tok, val_fraction=val_fraction, cache_dir=cache_dir, val_mask=val_mask
+        c, tok, val_fraction=val_fraction, val_min_docs=val_min_docs, cache_dir=cache_dir,
+        val_mask=val_mask,
     )
     return TokenDataset(entry, tok)

@@ -22,6 +22,12 @@ FLOPs per token, three named conventions (LAWS.md §2):
   ``6·N_act + c_r·d·E·n_moe_layers`` with c_r = 14, i.e.
   ``(6 + 14·E·G_fg/(12·d))·N_act`` for FG's shapes.
 
+- ``full`` — every matmul of a training step: ``ling`` plus the output head
+  (unembedding, ``2·d·V`` forward) and the router (``2·d·E`` forward per MoE layer,
+  plus ``2·d`` for a shared-expert gate). The input embedding is a gather (0 FLOPs);
+  MTP modules are excluded. At small d the head is 12-47% of a step ([EL]'s M leaves
+  it out), so this is the sensitivity convention of issue #10 item 6.
+
 Forward FLOPs are training FLOPs / 3 in every convention. ``docs/conventions.md``
 lists what each group and each convention includes.
 """
@@ -44,8 +50,8 @@ __all__ = [
     "summary",
 ]
 
-FlopsConvention = Literal["ling", "6n", "fg"]
-FLOPS_CONVENTIONS: tuple[str, ...] = ("ling", "6n", "fg")
+FlopsConvention = Literal["ling", "6n", "fg", "full"]
+FLOPS_CONVENTIONS: tuple[str, ...] = ("ling", "6n", "fg", "full")
 FG_ROUTER_COST = 14
 """c_r of [FG] Eq. 6 (FLOPs per router weight per token, training)."""
 
@@ -363,11 +369,11 @@ def flops_per_token(
 
     Parameters
     ----------
-    convention : {"ling", "6n", "fg"}
+    convention : {"ling", "6n", "fg", "full"}
         ``ling`` is [EL]'s M (C = M·D); ``6n`` is 6·N_active (non-embedding);
-        ``fg`` is [FG]'s with router cost.
+        ``fg`` is [FG]'s with router cost; ``full`` is ``ling`` plus head and router.
     seq_len : int
-        Sequence length s for the attention-score term (``ling`` only).
+        Sequence length s for the attention-score term (``ling`` and ``full``).
     training : bool
         Training FLOPs (forward + backward = 3 × forward) or forward only.
 
@@ -379,6 +385,11 @@ def flops_per_token(
     check_range("seq_len", seq_len, low=1, integer=True)
     if convention == "ling":
         train = 3 * _ling_forward(spec, seq_len)
+    elif convention == "full":
+        gating = spec.n_experts + (1 if spec.shared_expert_gate else 0)
+        head = 2 * spec.d_model * spec.vocab_size
+        router = 2 * spec.d_model * gating * spec.n_moe_layers
+        train = 3 * (_ling_forward(spec, seq_len) + head + router)
     elif convention == "6n":
         train = 6 * count_params(spec).active_non_embedding
     elif convention == "fg":

@@ -128,7 +128,14 @@ class TrainConfig:
     n_evals: int = 10
     """Number of evaluations over the run when ``eval_every`` is unset (the end always is one)."""
     eval_batches: int = 8
-    """Micro-batches of validation data per evaluation (same ones every time)."""
+    """Micro-batches of validation data per periodic evaluation (same ones every time; the
+    ``val_loss`` curve of ``metrics.jsonl``)."""
+    eval_tokens: int | None = 65536
+    """Final evaluation (``loss`` of the run record): at most this many validation tokens,
+    spread evenly over the validation documents; ``None`` → the whole validation split."""
+    eval_block_tokens: int = 2048
+    """Tokens per final-evaluation block (rounded to whole sequences); the record keeps each
+    block's mean loss (``eval_block_losses``) and their standard error (``val_loss_se``)."""
     log_every: int = 10
     """Write a ``metrics.jsonl`` line every this many optimizer steps (and at eval steps)."""
     checkpoint_every_s: float | None = 300.0
@@ -163,7 +170,11 @@ class TrainConfig:
     locally with ``tokenizers``, vocabulary = the spec's ``vocab_size``), ``bpe:<vocab>``,
     or a tokenizer JSON file."""
     val_fraction: float = 0.01
-    """Validation share of the corpus bytes (document-level split of :mod:`moescale.data`)."""
+    """Least validation share of the corpus bytes (document-level split of
+    :mod:`moescale.data`)."""
+    val_min_docs: int = 30
+    """Least number of validation documents (files of the default corpus), as far as half
+    the corpus allows: no single document dominates the validation loss."""
     cache_dir: str | None = None
     """Token cache folder; ``None`` → the data package's default."""
     epochs: float = 1.0
@@ -211,6 +222,9 @@ class TrainConfig:
             check_range("eval_every", self.eval_every, low=0, low_inclusive=False)
         check_range("n_evals", self.n_evals, low=1, integer=True)
         check_range("eval_batches", self.eval_batches, low=1, integer=True)
+        if self.eval_tokens is not None:
+            check_range("eval_tokens", self.eval_tokens, low=1, integer=True)
+        check_range("eval_block_tokens", self.eval_block_tokens, low=1, integer=True)
         check_range("log_every", self.log_every, low=1, integer=True)
         if self.checkpoint_every_s is not None:
             check_range("checkpoint_every_s", self.checkpoint_every_s, low=0)
@@ -236,6 +250,7 @@ class TrainConfig:
                 f"got {self.tokenizer!r}"
             )
         check_range("val_fraction", self.val_fraction, low=0, high=0.5, low_inclusive=False)
+        check_range("val_min_docs", self.val_min_docs, low=1, integer=True)
         check_range("epochs", self.epochs, low=0, low_inclusive=False)
         if isinstance(self.moe, dict):
             object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))

@@ -141,6 +141,7 @@ def open_training_data(spec: ModelSpec, config: TrainConfig, plan: TrainPlan, ct
             config.corpus,
             _tokenizer_name(spec, config),
             val_fraction=config.val_fraction,
+            val_min_docs=config.val_min_docs,
             cache_dir=config.cache_dir,
             text_field=config.text_column,
         )

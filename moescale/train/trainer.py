@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from moescale.errors import ConfigError, DataError
-from moescale.spec.accounting import count_params
+from moescale.spec.accounting import count_params, flops_per_token
 from moescale.spec.io import atomic_write
 from moescale.spec.model_spec import ModelSpec
 from moescale.train import parallel
@@ -111,8 +111,13 @@ def train(
     Returns
     -------
     dict
-        ``status`` (``completed`` | ``diverged``), ``error``, ``val_loss`` (= ``loss``),
-        ``train_loss`` (mean over the last 5% of steps), ``tokens``, ``flops`` (M·tokens),
+        ``status`` (``completed`` | ``diverged``), ``error``, ``loss`` (= ``val_loss``: the
+        final evaluation over ``eval_tokens`` validation tokens drawn by document, or the
+        whole split), ``val_loss_se`` (standard error over its equal blocks),
+        ``val_tokens``, ``eval_block_losses``, ``evaluation`` (the sample),
+        ``val_loss_periodic`` (last value of the metrics curve), ``train_loss_last5``
+        (= ``train_loss``: mean over the last 5% of steps), ``flops_per_token_full``
+        (convention ``full``: + head and router), ``tokens``, ``flops`` (M·tokens),
         ``compute`` (requested C), ``flops_per_token`` (Ling M), ``flops_convention``,
         ``params_total``, ``params_active`` (and non-embedding), ``spec``, ``hyperparameters``,
         ``corpus_hash``, ``data``, ``wall_time_s``, ``tokens_per_s``, ``mfu``,
@@ -162,6 +167,10 @@ class _Run:
         self.progress_enabled = progress
         self.data, self.val = open_training_data(spec, config, self.plan, ctx)
         self.parts = build_training(spec, config, ctx, self.runtime)
+        self.block_windows = _block_windows(config.eval_block_tokens, config.seq_len,
+                                            ctx.world_size)
+        self.eval_sample = self.data.eval_sample(config.seq_len, config.eval_tokens,
+                                                 multiple_of=self.block_windows)
         self.metrics = MetricsLog(out / METRICS_NAME, enabled=ctx.is_main)
         self.start_step = 0
         self.wall_prev = 0.0
@@ -274,6 +283,26 @@ class _Run:
             total += v
         return total / len(losses)
 
+    def _final_evaluation(self) -> dict[str, Any]:
+        """Loss over the final-evaluation sample (the whole validation split, or the stated
+        sample of ``eval_tokens``) in equal blocks: the run's ``loss``, the blocks' means
+        and the standard error of their mean (blocks weigh equally: same token count)."""
+        ctx = self.ctx
+        blocks = eval_losses(self.parts, self.data.iter_eval_blocks(
+            self.eval_sample, self.block_windows, rank=ctx.rank, world_size=ctx.world_size))
+        n = len(blocks)
+        mean = math.fsum(blocks) / n
+        se = (math.sqrt(math.fsum((b - mean) ** 2 for b in blocks) / (n - 1) / n)
+              if n > 1 else None)
+        return {
+            "loss": mean,
+            "val_loss_se": se,
+            "val_tokens": self.eval_sample.tokens,
+            "eval_block_losses": blocks,
+            "evaluation": {**self.eval_sample.describe(), "n_blocks": n,
+                           "block_tokens": self.block_windows * self.plan.seq_len},
+        }
+
     def _log(self, done: int, lr: float, res: StepResult, tb) -> None:
         """``metrics.jsonl`` line (and TensorBoard scalars) after step ``done``."""
         plan = self.plan
@@ -355,7 +384,9 @@ class _Run:
     def _finish(self, status: str, error: str | None, step: int) -> dict[str, Any]:
         """Write ``model.pt`` (completed runs) and ``result.json``; drop the checkpoint."""
         ctx = self.ctx
-        result = self._result(status, error, step, self._wall(), self._tokens_per_s(), self.peak)
+        final = self._final_evaluation() if status == "completed" else {}
+        result = self._result(status, error, step, self._wall(), self._tokens_per_s(), self.peak,
+                              final)
         final_sd = parallel.model_state(self.parts.model, self.runtime.fsdp)
         if ctx.is_main:
             if status == "completed":
@@ -365,7 +396,7 @@ class _Run:
         parallel.barrier(ctx)
         return result
 
-    def _result(self, status, error, step, wall, tps, peak) -> dict[str, Any]:
+    def _result(self, status, error, step, wall, tps, peak, final) -> dict[str, Any]:
         plan, cfg, spec = self.plan, self.config, self.spec
         steps_done = len(self.step_losses)
         tail = self.step_losses[-max(1, steps_done // 20):] if steps_done else []
@@ -391,7 +422,8 @@ class _Run:
             "seed": cfg.seed,
             "epochs_allowed": cfg.epochs,
         }
-        val = self.last_val if status == "completed" else None
+        val = final.get("loss")
+        train_last5 = (sum(tail) / len(tail)) if tail else None
         desc = self.data.describe()
         return {
             "schema_version": TRAIN_SCHEMA_VERSION,
@@ -399,13 +431,20 @@ class _Run:
             "error": error,
             "val_loss": val,
             "loss": val,
-            "train_loss": (sum(tail) / len(tail)) if tail else None,
+            "val_loss_se": final.get("val_loss_se"),
+            "val_tokens": final.get("val_tokens"),
+            "eval_block_losses": final.get("eval_block_losses"),
+            "evaluation": final.get("evaluation"),
+            "val_loss_periodic": self.last_val if status == "completed" else None,
+            "train_loss": train_last5,
+            "train_loss_last5": train_last5,
             "final_train_loss": self.step_losses[-1] if self.step_losses else None,
             "steps": steps_done,
             "tokens": tokens,
             "flops": tokens * m,
             "compute": cfg.compute,
             "flops_per_token": m,
+            "flops_per_token_full": flops_per_token(spec, convention="full", seq_len=plan.seq_len),
             "flops_convention": "ling",
             "params_total": pc.total,
             "params_active": pc.active,
@@ -451,6 +490,13 @@ def _claimed(out: Path, ctx: parallel.DistContext):
         if failed is not None:
             raise ConfigError(failed)
         yield
+
+
+def _block_windows(block_tokens: int, seq_len: int, world_size: int) -> int:
+    """Windows per final-evaluation block: ``block_tokens`` in whole sequences (at least
+    one), rounded up to a multiple of the ranks (each rank evaluates an equal share)."""
+    n = max(1, block_tokens // seq_len)
+    return -(-n // world_size) * world_size
 
 
 def _agree(flag: bool, ctx: parallel.DistContext) -> bool:
