@@ -3,6 +3,7 @@ and on a local Ray instance."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -61,7 +62,10 @@ def test_one_real_run_inline_then_skipped(tmp_path):
         assert rec["tokens"] == run.tokens and rec["compute"] == pytest.approx(run.compute)
         assert (st.run_dir(run.key) / "result.json").exists()
         curves = st.curves()
-        assert curves and curves[-1]["loss"] == pytest.approx(rec["loss"])
+        # the curve is the periodic evaluation; the record's loss is the final evaluation
+        result = json.loads((st.run_dir(run.key) / "result.json").read_text())
+        assert result["loss"] == pytest.approx(rec["loss"])
+        assert curves and curves[-1]["loss"] == pytest.approx(result["val_loss_periodic"])
         t0 = time.perf_counter()
         again = run_sweep(plan, st, backend="inline")
         assert again.skipped == [run.name] and time.perf_counter() - t0 < 5

@@ -24,7 +24,7 @@ from moescale.data.corpus import (
     stdlib_corpus,
 )
 from moescale.data.dataset import TokenDataset, get_tokenizer, open_dataset, window_order
-from moescale.data.records import hf_disk_corpus, jsonl_corpus, parquet_corpus
+from moescale.data.readers import hf_disk_corpus, jsonl_corpus, parquet_corpus
 from moescale.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
 
 __all__ = [

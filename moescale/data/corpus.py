@@ -19,7 +19,8 @@ Readers
     One document per row of a string column (Parquet files; Arrow files of a
     Hugging Face ``save_to_disk`` folder, read with pyarrow).
 
-The record readers (JSONL, Parquet, Arrow) live in :mod:`moescale.data.records`.
+The row-format readers (JSONL, Parquet, Arrow: one document per row) live in
+:mod:`moescale.data.readers`.
 """
 
 from __future__ import annotations
@@ -357,7 +358,7 @@ def resolve_corpus(
     :func:`folder_corpus` (``pattern`` default ``"**/*.txt"``). ``text_field`` is the JSONL
     key or the Parquet/Arrow column.
     """
-    from moescale.data.records import hf_disk_corpus, jsonl_corpus, parquet_corpus
+    from moescale.data.readers import hf_disk_corpus, jsonl_corpus, parquet_corpus
 
     if isinstance(spec, Corpus):
         return spec

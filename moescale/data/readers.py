@@ -1,6 +1,6 @@
-"""Record corpora: JSON Lines, Parquet and Hugging Face ``save_to_disk`` folders.
+"""Row-format corpus readers: JSON Lines, Parquet and Hugging Face ``save_to_disk`` folders.
 
-Each reader yields one document per record (a non-blank JSON line, a table row)
+Each reader yields one document per row (a non-blank JSON line, a table row)
 taken from a text field/column; the field name is part of the corpus hash. A
 missing field or column raises :class:`~moescale.errors.DataError` naming the
 file (and line) and the fields that exist.
