@@ -754,6 +754,55 @@ def _nemotron_h(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+_MAMBA_TYPES, _ATTN_TYPES = ("linear_attention", "mamba"), (_FULL, "attention")
+
+
+def _mamba2_hybrid(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Bamba / Granite-4.0-H: Mamba-2 on ``mamba`` (``linear_attention``) blocks, attention
+    on the others (``layers_block_type`` / ``layer_types``, or Bamba's
+    ``attn_layer_indices``); d_inner = mamba_expand · d."""
+    n, d = out["n_layers"], out["d_model"]
+    key = next((k for k in ("layers_block_type", "layer_types") if r.has(k)), None)
+    if key is not None:
+        types = r.list(key, n)
+        bad = sorted({str(t) for t in types if t not in _MAMBA_TYPES + _ATTN_TYPES})
+        if bad:
+            raise ConfigError(f"{r._where(key)} entries must be one of "
+                              f"{', '.join(map(repr, _MAMBA_TYPES + _ATTN_TYPES))}; got {bad}")
+        attention = {i for i, t in enumerate(types) if t in _ATTN_TYPES}
+    else:
+        attention = set(r.int_list("attn_layer_indices", n))
+    mamba = tuple(i for i in range(n) if i not in attention)
+    fields: dict[str, Any] = {}
+    if r.model_type == "granitemoehybrid" and r.str("position_embedding_type", "") != "rope":
+        fields["nope_layers"] = tuple(sorted(attention)) or None
+    if not mamba:
+        return fields
+    expand = r.float("mamba_expand", 2)
+    heads = r.int("mamba_n_heads", 128)
+    if (expand * d) % heads or r.int("mamba_d_head", int(expand * d) // heads) * heads != int(
+            expand * d):
+        raise ConfigError(f"{r._where('mamba_d_head')} x mamba_n_heads must equal "
+                          f"mamba_expand x hidden_size ({int(expand * d)})")
+    return {
+        **fields, "mixer": "mamba2", "mixer_layers": mamba,
+        "mixer_conv": r.int("mamba_d_conv", 4), "mamba_heads": heads,
+        "mamba_groups": r.int("mamba_n_groups", 1), "mamba_d_state": r.int("mamba_d_state", 256),
+        "mamba_d_inner": int(expand * d), "mamba_conv_bias": r.bool("mamba_conv_bias", True),
+        "mamba_proj_bias": r.bool("mamba_proj_bias", False),
+    }
+
+
+def _granite_hybrid_ffn(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Granite-4.0-H: routed experts plus a gated shared MLP, or (0 experts) the shared MLP
+    alone as every block's dense FFN."""
+    if r.int("num_local_experts", 8, low=0) == 0:
+        return {"d_ffn": r.int("shared_intermediate_size", 1024)}
+    fields = _routed(("num_local_experts",), "intermediate_size")(r, out)
+    return {**fields, **_shared(r.int("shared_intermediate_size", 1024, low=0),
+                                fields["d_expert"])}
+
+
 def _dbrx(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     """DBRX keeps attention and FFN settings in nested ``attn_config`` / ``ffn_config``."""
     attn = r.cfg.get("attn_config") or {}
@@ -916,6 +965,11 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "nemotron_h": {
         **{k: v for k, v in _base(head_dim=_head_dim(128)).items() if k != "n_layers"},
         "*nemotron": _nemotron_h},
+    "bamba": {**_BASE, **_attn_bias(), "d_ffn": _int("intermediate_size"),
+              "ffn_bias": _bool("mlp_bias", False), "rope_fraction": _partial_rope(0.5),
+              "*mixers": _mamba2_hybrid},
+    "granitemoehybrid": {**_BASE, **_attn_bias(), "*ffn": _granite_hybrid_ffn,
+                         "*mixers": _mamba2_hybrid},
     "minimax": {**_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
                 "*window": _no_sliding_types, "*mixers": _minimax_mixers},
 }
@@ -937,9 +991,8 @@ REFUSED_MODEL_TYPES: dict[str, str] = {
     "jetmoe": "attention experts (mixture of attention heads) are not part of ModelSpec",
     "longcat_flash": "zero-computation experts and two attention blocks per layer are not "
                      "part of ModelSpec",
-    "granitemoehybrid": "Mamba-2 mixer layers are not part of ModelSpec",
-    "falcon_h1": "parallel Mamba-2 mixers are not part of ModelSpec",
-    "bamba": "Mamba-2 mixer layers are not part of ModelSpec",
+    "falcon_h1": "a Mamba-2 mixer in parallel with attention in the same block (and its "
+                 "own SSM width mamba_d_ssm) is not part of ModelSpec",
 }
 """Families moescale knows it cannot express exactly, with the reason.
 ``moescale count --via transformers`` counts them exactly (active params approximate)."""
