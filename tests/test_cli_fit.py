@@ -112,3 +112,20 @@ def test_bad_input_exit_2_one_line(tmp_path, capsys):
                   "loss": [3.0, 2.9]}).to_csv(good, index=False)
     code, _, err = _run(["fit", "power-law", str(good)], capsys)
     assert code == 2 and "distinct" in err
+
+
+def test_leverage_names_what_is_missing_exit_2(tmp_path, capsys):
+    from _fit_synth import BUDGETS, synth_runs
+
+    path = tmp_path / "one.csv"
+    synth_runs(np.random.default_rng(0), budgets=BUDGETS[:1]).to_csv(path)
+    code, out, err = _run(["leverage", str(path), "--bootstrap", "100"], capsys)
+    assert code == 2 and out == "" and err.strip().count("\n") == 0
+    assert "dense frontier needs ≥ 2 usable budgets" in err and "budget 1e+15" in err
+    path = tmp_path / "two.csv"
+    synth_runs(np.random.default_rng(0), budgets=BUDGETS[:2]).to_csv(path)
+    code, _, err = _run(["leverage", str(path), "--form", "irreducible", "--bootstrap",
+                         "100"], capsys)
+    assert code == 2 and "needs ≥ 3 usable budgets" in err
+    code, _, err = _run(["leverage", str(path), "--level", "1.5"], capsys)
+    assert code == 2 and "'level'" in err
