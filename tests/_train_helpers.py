@@ -57,3 +57,27 @@ def read_metrics(path: Path) -> list[dict]:
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def train_until_crash(spec, cfg, out: Path, monkeypatch, *, at_eval: int) -> None:
+    """Run ``train`` in this process and crash it at its ``at_eval``-th periodic evaluation
+    (checkpoints written before that point stay); assert it left a checkpoint, no result."""
+    import pytest
+
+    from moescale.train import train, trainer
+
+    real_eval = trainer._Run._evaluate
+    calls = {"n": 0}
+
+    def crashing_eval(self):
+        calls["n"] += 1
+        if calls["n"] == at_eval:
+            raise RuntimeError("simulated crash")
+        return real_eval(self)
+
+    monkeypatch.setattr(trainer._Run, "_evaluate", crashing_eval)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(spec, cfg, out)
+    monkeypatch.setattr(trainer._Run, "_evaluate", real_eval)
+    assert (out / "checkpoint.pt").exists()
+    assert not (out / "result.json").exists()

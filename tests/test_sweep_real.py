@@ -65,6 +65,9 @@ def test_one_real_run_inline_then_skipped(tmp_path):
         # the curve is the periodic evaluation; the record's loss is the final evaluation
         result = json.loads((st.run_dir(run.key) / "result.json").read_text())
         assert result["loss"] == pytest.approx(rec["loss"])
+        for key in ("val_loss_se", "val_tokens", "train_loss_last5", "flops_per_token_full"):
+            assert rec[key] == pytest.approx(result[key]), key
+        assert json.loads(rec["eval_block_losses"]) == result["eval_block_losses"]
         assert curves and curves[-1]["loss"] == pytest.approx(result["val_loss_periodic"])
         t0 = time.perf_counter()
         again = run_sweep(plan, st, backend="inline")

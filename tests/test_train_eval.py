@@ -41,7 +41,9 @@ def test_full_convention_counts_every_matmul_of_the_model(spec, one_torch_thread
     assert math.isfinite(full)
 
 
-def test_run_record_evaluation_matches_a_rescoring_of_the_saved_model(tmp_path, one_torch_thread):
+def test_run_record_evaluation_matches_a_rescoring_of_the_saved_model(
+    tmp_path, one_torch_thread, token_cache
+):
     """``loss``/``eval_block_losses`` of a finished run equal the cross-entropy of the saved
     weights on the documented sample (validation windows spread over the documents, in
     blocks of ``eval_block_tokens``), computed here from the logits."""
@@ -54,7 +56,7 @@ def test_run_record_evaluation_matches_a_rescoring_of_the_saved_model(tmp_path, 
     from moescale.train.checkpoint import load_weights
 
     spec = ModelSpec(d_model=32, n_layers=1, n_heads=2, vocab_size=257, d_ffn=64)
-    cache = str(tmp_path / "tok")
+    cache = token_cache
     cfg = TrainConfig(compute=5e8, seq_len=64, cache_dir=cache, learning_rate=3e-3,
                       eval_tokens=8192, eval_block_tokens=1024, threads=1)
     result = train(spec, cfg, tmp_path / "run")

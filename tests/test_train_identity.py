@@ -7,6 +7,7 @@ import json
 import warnings
 
 import pytest
+from _train_helpers import train_until_crash
 
 from moescale.errors import ConfigError
 from moescale.model.config import MoEConfig
@@ -82,28 +83,13 @@ def test_schema1_identity_is_upgraded():
 
 
 @pytest.mark.timeout(120)
-def test_new_field_with_default_still_resumes(tmp_path, monkeypatch):
+def test_new_field_with_default_still_resumes(tmp_path, monkeypatch, token_cache):
     """A later moescale adds a TrainConfig field (at its default): an interrupted run of the
     earlier version resumes, bit-identically, and the sweep store still knows it."""
-    from moescale.train import trainer
-
-    cfg = TrainConfig(compute=1.5e9, seq_len=32, cache_dir=str(tmp_path / "tok"),
+    cfg = TrainConfig(compute=1.5e9, seq_len=32, cache_dir=token_cache,
                       learning_rate=3e-3, log_every=1, checkpoint_every_steps=3, n_evals=4)
     ref = train(DENSE, cfg, tmp_path / "ref")
-    real_eval = trainer._Run._evaluate
-    calls = {"n": 0}
-
-    def crash_on_third_eval(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash")
-        return real_eval(self)
-
-    monkeypatch.setattr(trainer._Run, "_evaluate", crash_on_third_eval)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(DENSE, cfg, tmp_path / "run")
-    monkeypatch.setattr(trainer._Run, "_evaluate", real_eval)
-    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    train_until_crash(DENSE, cfg, tmp_path / "run", monkeypatch, at_eval=3)
     # a folder of the previous schema named its record config.json: still read on resume
     (tmp_path / "run" / "moescale_run.json").rename(tmp_path / "run" / "config.json")
 

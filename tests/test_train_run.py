@@ -7,6 +7,7 @@ import math
 import statistics
 
 import pytest
+from _train_helpers import train_until_crash
 
 from moescale.errors import ConfigError
 from moescale.spec import ModelSpec, flops_per_token
@@ -87,26 +88,10 @@ def test_divergence_is_recorded(cache, tmp_path):
 
 
 def test_interrupted_run_resumes_and_refuses_other_configs(cache, tmp_path, monkeypatch):
-    from moescale.train import trainer
-
     cfg = TrainConfig(compute=1.5e9, seq_len=32, cache_dir=cache, learning_rate=3e-3,
                       log_every=1, checkpoint_every_steps=3, n_evals=4)
     ref = train(DENSE, cfg, tmp_path / "ref")
-    real_eval = trainer._Run._evaluate
-    calls = {"n": 0}
-
-    def crash_on_second_eval(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-        return real_eval(self)
-
-    monkeypatch.setattr(trainer._Run, "_evaluate", crash_on_second_eval)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(DENSE, cfg, tmp_path / "run")
-    monkeypatch.setattr(trainer._Run, "_evaluate", real_eval)
-    assert (tmp_path / "run" / "checkpoint.pt").exists()
-    assert not (tmp_path / "run" / "result.json").exists()
+    train_until_crash(DENSE, cfg, tmp_path / "run", monkeypatch, at_eval=2)
     with pytest.raises(ConfigError, match=r"different config \(train\.learning_rate"):
         train(DENSE, cfg.replace(learning_rate=1e-3), tmp_path / "run")
     resumed = train(DENSE, cfg, tmp_path / "run")

@@ -355,8 +355,13 @@ class RunStore:
         # requested budget C).
         src = {"loss": "loss", "train_loss": "train_loss", "tokens": "tokens",
                "compute": "flops", "learning_rate": "learning_rate",
-               "batch_tokens": "batch_tokens", "flops_per_token": "flops_per_token"}
+               "batch_tokens": "batch_tokens", "flops_per_token": "flops_per_token",
+               "val_loss_se": "val_loss_se", "val_tokens": "val_tokens",
+               "train_loss_last5": "train_loss_last5",
+               "flops_per_token_full": "flops_per_token_full"}
         upd = {k: _finite(result[v]) for k, v in src.items() if result.get(v) is not None}
+        if isinstance(result.get("eval_block_losses"), list):  # the trainer's final evaluation
+            upd["eval_block_losses"] = json.dumps(result["eval_block_losses"])
         sets = ", ".join(f"{k} = ?" for k in upd)
         with self.transaction() as con:
             con.execute(
