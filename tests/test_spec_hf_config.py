@@ -251,10 +251,10 @@ def test_unknown_model_type_names_it_and_the_supported_list():
         from_hf_config({"model_type": "nosuch", "hidden_size": 8})
     with pytest.raises(ConfigError, match="no 'model_type'"):
         from_hf_config({"hidden_size": 8})
-    assert "bailing_moe_v2" in SUPPORTED_MODEL_TYPES and len(SUPPORTED_MODEL_TYPES) == 43
+    assert "bailing_moe_v2" in SUPPORTED_MODEL_TYPES and len(SUPPORTED_MODEL_TYPES) == 44
 
 
-@pytest.mark.parametrize("model_type", ["jetmoe", "longcat_flash", "falcon_h1"])
+@pytest.mark.parametrize("model_type", ["jetmoe", "longcat_flash"])
 def test_refused_families_name_the_reason(model_type):
     with pytest.raises(ConfigError, match=rf"'{model_type}' is not supported: .*ModelSpec"):
         from_hf_config({"model_type": model_type, "hidden_size": 8})

@@ -172,7 +172,9 @@ def _mixer_params(s: ModelSpec) -> int:
         di, n, h, g = s.mamba_d_inner, s.mamba_d_state, s.mamba_heads, s.mamba_groups
         conv = di + 2 * g * n
         # in_proj (x, z, B, C, dt), conv (+ bias), dt_bias + A_log + D, gated norm, out
-        total = d * (2 * di + 2 * g * n + h) + conv * k + 3 * h + di + di * d
+        total = d * (2 * di + 2 * g * n + h) + conv * k + 3 * h + di * d
+        if s.mamba_gated_norm:
+            total += di
         if s.mamba_conv_bias:
             total += conv
         if s.mamba_proj_bias:

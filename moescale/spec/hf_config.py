@@ -803,6 +803,27 @@ def _granite_hybrid_ffn(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
                                 fields["d_expert"])}
 
 
+def _falcon_h1(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """Falcon-H1: every block runs attention and a Mamba-2 mixer in parallel; the SSM
+    width is ``mamba_d_ssm`` (else mamba_expand · d); the gated norm only with
+    ``mamba_rms_norm``."""
+    n, d = out["n_layers"], out["d_model"]
+    in_bias, out_bias = r.bool("mamba_proj_bias", False), r.bool("projectors_bias", False)
+    if in_bias != out_bias:
+        raise ConfigError(
+            f"{r._where('projectors_bias')} must equal 'mamba_proj_bias' ({in_bias}): "
+            f"separate in/out projection biases are not part of ModelSpec; got {out_bias}"
+        )
+    d_inner = r.int("mamba_d_ssm", None) or int(r.float("mamba_expand", 2) * d)
+    return {
+        "mixer": "mamba2", "mixer_layers": tuple(range(n)), "mixer_parallel": True,
+        "mixer_conv": r.int("mamba_d_conv", 4), "mamba_heads": r.int("mamba_n_heads", 128),
+        "mamba_groups": r.int("mamba_n_groups", 1), "mamba_d_state": r.int("mamba_d_state", 256),
+        "mamba_d_inner": d_inner, "mamba_conv_bias": r.bool("mamba_conv_bias", True),
+        "mamba_proj_bias": in_bias, "mamba_gated_norm": r.bool("mamba_rms_norm", False),
+    }
+
+
 def _dbrx(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     """DBRX keeps attention and FFN settings in nested ``attn_config`` / ``ffn_config``."""
     attn = r.cfg.get("attn_config") or {}
@@ -970,6 +991,8 @@ _FAMILIES: dict[str, dict[str, Any]] = {
               "*mixers": _mamba2_hybrid},
     "granitemoehybrid": {**_BASE, **_attn_bias(), "*ffn": _granite_hybrid_ffn,
                          "*mixers": _mamba2_hybrid},
+    "falcon_h1": {**_BASE, **_attn_bias(), "d_ffn": _int("intermediate_size"),
+                  "ffn_bias": _bool("mlp_bias", False), "*mixers": _falcon_h1},
     "minimax": {**_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
                 "*window": _no_sliding_types, "*mixers": _minimax_mixers},
 }
@@ -991,8 +1014,6 @@ REFUSED_MODEL_TYPES: dict[str, str] = {
     "jetmoe": "attention experts (mixture of attention heads) are not part of ModelSpec",
     "longcat_flash": "zero-computation experts and two attention blocks per layer are not "
                      "part of ModelSpec",
-    "falcon_h1": "a Mamba-2 mixer in parallel with attention in the same block (and its "
-                 "own SSM width mamba_d_ssm) is not part of ModelSpec",
 }
 """Families moescale knows it cannot express exactly, with the reason.
 ``moescale count --via transformers`` counts them exactly (active params approximate)."""

@@ -216,6 +216,11 @@ class ModelSpec:
     """Mamba-2: heads H (d_inner = H x head dim)."""
     mamba_groups: int = 0
     """Mamba-2: groups G sharing B and C."""
+    mamba_gated_norm: bool = True
+    """Mamba-2: gated RMSNorm over d_inner before out_proj (Falcon-H1 may omit it)."""
+    mixer_parallel: bool = False
+    """The ``mixer_layers`` keep attention too, the two mixers running in parallel on the
+    same input (Falcon-H1); otherwise the mixer replaces attention."""
     mixerless_layers: tuple[int, ...] | None = None
     """Blocks without a token mixer (neither attention nor ``mixer``): Nemotron-H's
     MLP-only and MoE-only blocks."""
@@ -465,7 +470,8 @@ class ModelSpec:
     @property
     def n_attention_layers(self) -> int:
         """Number of blocks with attention (all of them unless the spec is a hybrid)."""
-        return self.n_layers - self.n_mixer_layers - len(self.mixerless_layers or ())
+        mixers = 0 if self.mixer_parallel else self.n_mixer_layers
+        return self.n_layers - mixers - len(self.mixerless_layers or ())
 
     @property
     def n_ffn_layers(self) -> int:
