@@ -187,3 +187,22 @@ def test_report_el_equals_moescale_leverage(tmp_path, capsys):
     assert an.dense_frontier.k == pytest.approx(dense["coef"]["alpha"], rel=1e-12)
     assert -an.dense_frontier.p == pytest.approx(dense["coef"]["beta"], rel=1e-12)
     assert dense["n_points"] == 3 == len(an.dense_points)
+
+
+def test_summary_text_intervals_control_and_law_range():
+    """Every EL in the summary carries its interval; the control ratio and the picked
+    learning-rate multipliers are stated; Eq. 13 is never said to agree or disagree."""
+    from _fit_synth import synth_runs
+
+    from moescale.fit.runs import RunTable
+    from moescale.report import summary_text
+
+    t = synth_runs(np.random.default_rng(0), control=True)
+    df = t.runs.assign(lr_multiplier=np.where(t.runs["arch"] == "dense", 1.0, 0.5))
+    text = summary_text(analyze(RunTable.from_frame(df), n_boot=200))
+    el_lines = [ln for ln in text.splitlines() if ln.startswith("EL of ")]
+    assert len(el_lines) == 10
+    assert all(re.search(r"\d \[\d[\d.]*, \d[\d.]*\] — ", ln) for ln in el_lines)
+    assert "relative to the A = 1 control 1.6" in text
+    assert "Held-out check" in text and "dense ×1, moe-A0.125 ×0.5" in text
+    assert "extrapolation" in text and "agree" not in text

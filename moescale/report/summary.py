@@ -200,7 +200,25 @@ def summary_lines(an: Analysis) -> list[str]:
                    f"{_iv(*b.p_ci)}) beside [EL] Eq. 3 {pub3.formula()}; "
                    + law_range_note(pub3, "Eq. 3", float(budgets[0]), float(budgets[-1]))
                    + ".")
+    lrm = _lr_multipliers(df)
+    if lrm:
+        out.append("Learning-rate multiplier on [EL] Eq. 3 used by each configuration's "
+                   "ladder: " + ", ".join(f"{c} ×{v}" for c, v in lrm.items()) + ".")
     out += [f"Note: {n}" for n in an.notes]
+    return out
+
+
+def _lr_multipliers(df: Any) -> dict[str, str]:
+    """Per config, the lr multiplier(s) of its non-``hparam`` runs (the scan's pick)."""
+    if "lr_multiplier" not in df or not df["lr_multiplier"].notna().any():
+        return {}
+    tags = df["tags"].astype("string").fillna("")
+    ladder = df[~tags.str.startswith("hparam").to_numpy(dtype=bool)]
+    out = {}
+    for cfg, g in ladder.groupby("config", sort=True):
+        vals = sorted({float(v) for v in g["lr_multiplier"].dropna()})
+        if vals:
+            out[str(cfg)] = "/".join(f"{v:g}" for v in vals)
     return out
 
 
