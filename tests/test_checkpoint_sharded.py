@@ -107,6 +107,7 @@ def fsdp_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_fsdp2_checkpoint_reshards_into_one_rank(fsdp_run, tmp_path):
     import shutil
@@ -124,6 +125,7 @@ def test_fsdp2_checkpoint_reshards_into_one_rank(fsdp_run, tmp_path):
     _step(model, opt, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_damaged_shard_falls_back_to_previous(fsdp_run, tmp_path):
     import shutil

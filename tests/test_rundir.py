@@ -102,3 +102,18 @@ def test_claim_creates_locks_and_cleans(tmp_path):
     (run / "keep.txt").write_text("x")
     with claim_run_dir(run):
         assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+
+
+def test_metrics_log_never_writes_through_a_link(tmp_path):
+    """Defence in depth behind the folder check: the log opens with O_NOFOLLOW."""
+    from moescale.train.run_log import MetricsLog
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n" * 100)
+    (tmp_path / "metrics.jsonl").symlink_to(victim)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    with pytest.raises(DataError, match="is a symbolic link; refusing to write through it"):
+        log.truncate(0)
+    with pytest.raises(DataError, match="is a symbolic link"):
+        log.write({"step": 1})
+    assert victim.read_text() == "precious\n" * 100

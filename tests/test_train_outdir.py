@@ -32,6 +32,7 @@ def env(token_cache):
     return env_with(Path(token_cache))
 
 
+@pytest.mark.slow
 def test_bad_out_folders_are_refused_and_left_alone(tmp_path, env):
     spec = str(write_spec(tmp_path, TINY_DENSE))
     cwd_before = sorted(p.name for p in REPO.iterdir())
@@ -104,6 +105,7 @@ def _rss_probe(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("compute", "needles"),
     [("1e8", ["'compute' must be at least one optimizer step"]),

@@ -45,8 +45,8 @@ class MetricsLog:
             self.lines = n_lines
             return
         kept: list[bytes] = []
-        if self.path.exists():
-            with open(self.path, "rb") as fh:
+        if self.path.exists() or self.path.is_symlink():
+            with os.fdopen(self._fd(os.O_RDONLY), "rb") as fh:
                 for i, line in enumerate(fh):
                     if i >= n_lines:
                         break
@@ -58,15 +58,27 @@ class MetricsLog:
                 f"{self.path} holds {len(kept)} complete lines, the checkpoint expects "
                 f"{n_lines}; delete the run folder to retrain"
             )
-        with open(self.path, "wb") as fh:
+        with os.fdopen(self._fd(os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
             fh.writelines(kept)
             fh.flush()
             os.fsync(fh.fileno())
         self.lines = n_lines
 
+    def _fd(self, flags: int) -> int:
+        """Open without following a symbolic link: a link planted as ``metrics.jsonl``
+        must never truncate or extend its target."""
+        try:
+            return os.open(self.path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as exc:
+            if self.path.is_symlink():
+                raise DataError(f"{self.path} is a symbolic link; refusing to write through "
+                                "it (replace it with a regular file)") from None
+            raise DataError(f"cannot open {self.path}: {exc.strerror}") from None
+
     def open(self) -> None:
         if self.enabled and self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            fd = self._fd(os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         self.lines += 1
