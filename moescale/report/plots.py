@@ -21,7 +21,8 @@ PLOT_TITLES = {
     "isoflop": "IsoFLOP curves: loss vs FLOPs per token M at each budget",
     "el_vs_activation": "Measured EL vs activation ratio A, with [EL] Eq. 13",
     "el_vs_granularity": "Measured EL vs granularity G, with [EL] Eq. 13",
-    "el_vs_compute": "Measured EL vs compute C, with [EL] Eq. 13",
+    "el_vs_compute": "Measured EL vs compute C (frontier ratio with 90% intervals; runs), "
+                     "with [EL] Eq. 13",
     "residuals": "Frontier residuals (log loss)",
     "allocation": "Compute-optimal M_opt(C) from IsoFLOP minima vs [EL] Table 1",
     "hparams": "Near-optimal learning rate and batch vs [EL] Eq. 3",
@@ -269,11 +270,20 @@ def _el_vs_compute(an: Analysis) -> bytes | None:
     cs = np.geomspace(moe["compute"].min() / 3, max(moe["compute"].max() * 30, 1e15), 80)
     for e, col in zip(groups, _cmap(len(groups)), strict=True):
         g = moe[moe["run"].isin(e["runs"])]
-        ax.scatter(g["compute"], g["el_measured"], color=col, s=28, label=f"{e['label']}")
+        ax.scatter(g["compute"], g["el_measured"], color=col, s=14, alpha=0.6,
+                   label=f"{e['label']} (runs)")
+        fel = [r for r in e.get("el", []) if np.isfinite(r["el_low"])]
+        if fel:  # frontier-ratio EL with its 90% interval
+            x = np.array([r["budget"] for r in fel])
+            y = np.array([r["el"] for r in fel])
+            err = np.array([[r["el"] - r["el_low"] for r in fel],
+                            [r["el_high"] - r["el"] for r in fel]])
+            ax.errorbar(x, y, yerr=err, fmt="s-", color=col, ms=5, lw=1, capsize=3,
+                        label=f"{e['label']} frontier ratio, 90%")
         ax.plot(cs, published_el(e["activation_ratio"], e["granularity"], cs), "--",
                 color=col, lw=0.9)
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.plot([], [], "k--", lw=0.9, label="[EL] Eq. 13 (same A, G)")
+    ax.plot([], [], "k--", lw=0.9, label="[EL] Eq. 13 (same A, G; extrapolated)")
     ax.set_xscale("log")
     _logy(ax)
     ax.set_xlabel("compute C (FLOPs)")
