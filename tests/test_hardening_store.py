@@ -325,3 +325,31 @@ def test_huge_budget_is_one_line_and_creates_no_store(tmp_path, capsys, budget, 
     line = _one_line_error(capsys, "sweep", "run", str(spec), "--store", str(tmp_path / "a.db"))
     assert field in line  # was an OverflowError traceback (SQLite INTEGER) for 1e30
     assert sorted(os.listdir(tmp_path)) == ["s.toml"]
+
+
+def test_demo_checks_options_and_folder_before_writing(tmp_path, capsys):
+    line = _one_line_error(capsys, "demo", "--quick", "--workers", "0", "--out",
+                           str(tmp_path / "d"))
+    assert "'workers' must be an int in [1, 4096]; got 0" in line
+    assert not (tmp_path / "d").exists()  # was created, with demo.db, before the refusal
+    (tmp_path / "file").write_text("x")
+    assert "must be a folder" in _one_line_error(capsys, "demo", "--quick", "--out",
+                                                 str(tmp_path / "file"))
+    long = str(tmp_path / ("x" * 300))
+    assert "at most 255 bytes" in _one_line_error(capsys, "demo", "--quick", "--out", long)
+    assert "at most 255 bytes" in _one_line_error(capsys, "report", str(tmp_path / "file"),
+                                                  "--out", long)
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC_TOML)
+    assert "at most 255 bytes" in _one_line_error(capsys, "sweep", "run", str(spec),
+                                                  "--store", long + ".db")
+    assert sorted(os.listdir(tmp_path)) == ["file", "s.toml"]
+
+
+def test_demo_into_a_readonly_folder_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only(folder):
+        line = _one_line_error(capsys, "demo", "--quick", "--out", str(folder / "demo"))
+        assert "'--out' must be in a writable folder" in line
+    assert os.listdir(folder) == []

@@ -183,10 +183,8 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the headline numbers as JSON."),
 ) -> None:
     """Plan, train, fit and report a small dense + MoE sweep on this machine's CPU."""
-    from moescale.paths import check_output_dir
     from moescale.sweep.demo import run_demo
 
-    check_output_dir(out)
     result = run_demo(quick=quick, out=out, workers=workers,
                       progress=lambda m: err_console.print(m, highlight=False))
     if as_json:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from moescale.sweep.execute import run_sweep
+from moescale.paths import check_output_dir
+from moescale.sweep.execute import check_backend, run_sweep
 from moescale.sweep.planner import plan_sweep
 from moescale.sweep.spec import load_sweep_spec
 from moescale.sweep.store import open_store
@@ -47,7 +48,9 @@ def run_demo(
 
     say = progress or print
     t0 = time.perf_counter()
-    out = Path(out)
+    # every option is checked before the folder and the store are created
+    check_backend("local", workers)
+    out = check_output_dir(out, field="--out")
     spec = load_sweep_spec(demo_spec_path(quick))
     store_path = out / f"{spec.name}.db"
     with open_store(store_path) as store:
@@ -65,7 +68,8 @@ def run_demo(
     head = rep.headline()
     wall = time.perf_counter() - t0
     lines = [f"report: {rep.html_path}", f"store:  {store_path}",
-             f"runs: {len(outcome.completed)} trained now, {len(outcome.skipped)} reused, "
+             f"runs: {len(outcome.completed)} trained now, "
+             f"{len(outcome.skipped) + len(outcome.recovered)} reused, "
              f"{len(outcome.failed)} failed; wall time {wall / 60:.1f} min", ""]
     lines += rep.summary_text().splitlines()
     els = [e for e in head["efficiency_leverage"] if e["el_measured"] is not None]
