@@ -54,7 +54,7 @@ def _logy(ax: Any) -> None:
 
 def _cmap(n: int) -> list:
     cm = plt.get_cmap("viridis")
-    return [cm(x) for x in np.linspace(0.05, 0.85, max(n, 1))]
+    return [cm(x) for x in np.linspace(0.05, 0.85, n)]  # n = 0: no groups, no colours
 
 
 def _loss_vs_compute(an: Analysis) -> bytes | None:
