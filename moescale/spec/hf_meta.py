@@ -65,6 +65,10 @@ def _group(name: str, ndim: int = 2) -> str:
     return "other"
 
 
+class _UnknownToTransformers(ConfigError):
+    """transformers has no model class for the config's model_type."""
+
+
 def transformers_available() -> bool:
     """Whether the ``[hf]`` extra (transformers and torch) is installed (nothing imported)."""
     return all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch"))
@@ -93,9 +97,9 @@ def _config(cfg: dict[str, Any], transformers: Any) -> Any:
         by_class = {v: k for k, v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items()}
         arch = archs[0] if isinstance(archs, list) and archs else None
         if arch not in by_class or by_class[arch] not in CONFIG_MAPPING:
-            raise ConfigError(
-                f"HF model_type {model_type!r} is known neither to moescale nor to the "
-                f"installed transformers {transformers.__version__} (architectures: {archs!r})"
+            raise _UnknownToTransformers(
+                f"the installed transformers {transformers.__version__} has no model for "
+                f"model_type {model_type!r} (architectures: {archs!r})"
             )
         model_type = by_class[arch]
     body = {k: _decode(v) for k, v in cfg.items() if k not in ("model_type", "auto_map")}
@@ -255,8 +259,14 @@ def count_path(
         except ConfigError:
             if not transformers_available():
                 raise
-            record = transformers_summary(cfg, name=name)
             mt = cfg.get("model_type")
+            try:
+                record = transformers_summary(cfg, name=name)
+            except _UnknownToTransformers as exc:
+                raise ConfigError(
+                    f"HF model_type {mt!r} is known neither to moescale nor to the installed "
+                    f"transformers ({exc})"
+                ) from None
             why = REFUSED_MODEL_TYPES.get(mt, "a model_type moescale does not know")
             return record, (
                 f"model_type {mt!r} is not read natively ({why}); counted through "
