@@ -284,3 +284,14 @@ def test_refused_families_count_exactly_through_transformers(tmp_path, model_typ
     assert note and "not read natively" in note
     assert record["total_params"] == expected
     assert record["params_by_group"]["other"] == 0, record["params_by_group"]
+
+
+@pytest.mark.parametrize("model_type", ["nemotron_h", "llama4_text", "phimoe", "falcon_h1"])
+def test_imported_specs_survive_a_toml_round_trip(tmp_path, model_type):
+    from moescale.spec import save_spec
+
+    spec = load_spec(_saved_path(tmp_path / "hf", model_type))
+    save_spec(spec, tmp_path / "spec.toml")
+    again = load_spec(tmp_path / "spec.toml")
+    assert again.replace(name=spec.name) == spec
+    assert count_params(again) == count_params(spec)
