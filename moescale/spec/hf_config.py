@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moescale.errors import ConfigError
-from moescale.spec.model_spec import MAX_LAYERS, ModelSpec
+from moescale.spec.model_spec import MAX_LAYERS, ModelSpec, _count_multiples
 
 __all__ = ["from_hf_config", "SUPPORTED_MODEL_TYPES", "REFUSED_MODEL_TYPES", "resolve_model_type"]
 
@@ -399,8 +399,7 @@ def _moe_count(out: dict[str, Any], n: int) -> int:
         return 0
     if out.get("moe_layers") is not None:
         return len(out["moe_layers"])
-    start, k = out.get("n_dense_layers", 0), out.get("moe_every", 1)
-    return 0 if start >= n else (n - 1) // k - (start - 1) // k
+    return _count_multiples(out.get("moe_every", 1), out.get("n_dense_layers", 0), n)
 
 
 def _routed(experts: tuple[str, ...], width: str, top_k: tuple[str, ...] = (
@@ -597,25 +596,23 @@ def _bailing_first(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     return {"n_dense_layers": first}
 
 
+def _bailing_shared(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """BailingMoe shared experts: one MLP of width moe_intermediate_size x num_shared."""
+    n_shared = r.int("num_shared_experts", 0, low=0)
+    width = r.int("moe_shared_expert_intermediate_size", n_shared * out["d_expert"], low=0)
+    return _shared(width, out["d_expert"])
+
+
 def _bailing(v2: bool) -> dict[str, Any]:
     table = {
         **_BASE,
         "*routed": _routed(("num_experts",), "moe_intermediate_size"),
-        "*layout": _bailing_first,
-        "*shared": None,  # set below
+        "*layout": _bailing_first, "*shared": _bailing_shared,
         # Fused query_key_value carries use_qkv_bias; the output 'dense' carries use_bias,
         # whose config-class default is true.
         "qkv_bias": _bool("use_qkv_bias", False), "o_bias": _bool("use_bias", True),
         "d_ffn": _dense_ffn(), "*window": _no_sliding,
     }
-
-    def shared(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
-        # Shared experts: one MLP of width moe_intermediate_size * num_shared_experts.
-        n_shared = r.int("num_shared_experts", 0, low=0)
-        width = r.int("moe_shared_expert_intermediate_size", n_shared * out["d_expert"], low=0)
-        return _shared(width, out["d_expert"])
-
-    table["*shared"] = shared
     if v2:
         table.update({
             "qk_norm": lambda r, o: "head" if r.bool("use_qk_norm", False) else "none",
