@@ -162,6 +162,15 @@ def first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------- save / load
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 16 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def encode_checkpoint(payload: dict[str, Any]) -> bytes:
     """``payload`` plus its version tag and integrity manifest, as ``torch.save`` bytes."""
     body = {"checkpoint_version": CHECKPOINT_VERSION, **payload}
@@ -184,7 +193,7 @@ def save_checkpoint(run_dir: str | os.PathLike, payload: dict[str, Any]) -> Path
     if newest.is_file():  # verified when written or when resumed from; kept until the new
         os.replace(newest, prev)  # one is verified
     atomic_write(newest, data)
-    if hashlib.sha256(newest.read_bytes()).digest() != hashlib.sha256(data).digest():
+    if file_sha256(newest) != hashlib.sha256(data).hexdigest():
         newest.unlink(missing_ok=True)
         raise DataError(f"checkpoint {newest} read back differently than written (disk error?)")
     return newest

@@ -18,7 +18,6 @@ DCP's metadata classes (DCP itself uses plain ``pickle``), and refuses non-tenso
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
@@ -100,16 +99,7 @@ def _state(model: nn.Module, optimizer) -> tuple[dict, dict]:
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(folder.iterdir()):
-        if p.name == META_NAME:
-            continue
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 24), b""):
-                h.update(chunk)
-        out[p.name] = h.hexdigest()
-    return out
+    return {p.name: ck.file_sha256(p) for p in sorted(folder.iterdir()) if p.name != META_NAME}
 
 
 def _fsync_dir(folder: Path) -> None:
