@@ -178,8 +178,33 @@ def test_kimi_k2_total(configs_dir):
     cfg = _kimi_k2(configs_dir)
     spec = from_hf_config(cfg)
     assert spec.extra["family"] == "deepseek_v3"
-    assert count_params(spec).total == 1_026_408_232_448
+    pc = count_params(spec)
+    assert pc.total == 1_026_408_232_448
     assert meta_param_groups(cfg)["total"] == 1_026_408_232_448
+    assert 32e9 <= pc.active < 33e9  # model card: "32B activated" (truncated)
+
+
+# Qwen3-Next-80B-A3B's config.json (hub), architecture fields as published.
+QWEN3_NEXT_80B = {
+    "model_type": "qwen3_next", "architectures": ["Qwen3NextForCausalLM"],
+    "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 16,
+    "num_key_value_heads": 2, "head_dim": 256, "linear_conv_kernel_dim": 4,
+    "linear_key_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+    "linear_value_head_dim": 128, "full_attention_interval": 4, "intermediate_size": 5120,
+    "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512, "num_experts": 512,
+    "num_experts_per_tok": 10, "vocab_size": 151936, "tie_word_embeddings": False,
+    "decoder_sparse_step": 1, "mlp_only_layers": [], "rope_theta": 10000000,
+    "partial_rotary_factor": 0.25,
+}
+
+
+def test_qwen3_next_80b_published_size():
+    spec = from_hf_config(QWEN3_NEXT_80B)
+    pc = count_params(spec)
+    assert pc.total == meta_param_groups(QWEN3_NEXT_80B)["total"] == 79_674_391_296
+    assert abs(pc.total - 80e9) / 80e9 < 5e-3  # model card: "80B total parameters"
+    assert 3e9 <= pc.active_non_embedding < 4e9  # "3B active" (A3B)
+    assert spec.n_mixer_layers == 36 and spec.n_attention_layers == 12
 
 
 @pytest.mark.parametrize("change", [
