@@ -320,3 +320,25 @@ def test_imported_specs_survive_a_toml_round_trip(tmp_path, model_type):
     again = load_spec(tmp_path / "spec.toml")
     assert again.replace(name=spec.name) == spec
     assert count_params(again) == count_params(spec)
+
+
+# Llama 4's text_config (Scout-17B-16E; Maverick-17B-128E alternates dense and MoE).
+LLAMA4_SCOUT = {
+    "model_type": "llama4_text", "hidden_size": 5120, "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384, "num_hidden_layers": 48, "num_attention_heads": 40,
+    "num_key_value_heads": 8, "head_dim": 128, "num_local_experts": 16,
+    "num_experts_per_tok": 1, "vocab_size": 202048, "interleave_moe_layer_step": 1,
+    "tie_word_embeddings": False, "attention_chunk_size": 8192,
+}
+
+
+@pytest.mark.parametrize(("changes", "total_window"), [
+    ({}, (107e9, 109e9)),  # card: 109B total with the vision encoder; text alone below
+    ({"num_local_experts": 128, "interleave_moe_layer_step": 2}, (400e9, 401e9)),  # "400B"
+])
+def test_llama4_published_sizes(changes, total_window):
+    cfg = {**LLAMA4_SCOUT, **changes}
+    pc = count_params(from_hf_config(cfg))
+    assert pc.total == meta_param_groups(cfg)["total"]
+    assert total_window[0] <= pc.total < total_window[1]
+    assert 17e9 <= pc.active < 17.5e9  # "17B active"
