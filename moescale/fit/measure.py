@@ -350,9 +350,11 @@ def measure_leverage(
     dense_fr = frontiers.get((dense_config, form))
     if dense_fr is None:
         why = optima[optima["config"] == dense_config]
+        n_used = int(why["used"].sum())
         detail = "; ".join(f"budget {r.budget:.3g}: {r.reason}" for r in why.itertuples())
         raise DataError(f"{table.source}: the dense frontier needs ≥ "
-                        f"{3 if form == 'irreducible' else 2} usable budgets; {detail}")
+                        f"{3 if form == 'irreducible' else 2} usable budgets; the finished "
+                        f"dense runs give {n_used} of {len(why)} (one per budget: {detail})")
     el = _frontier_el(frontiers, form, dense_config, level)
     runs = _per_run_el(ladder, members, Lgrp, dense_fr, level)
     n_extra = int(runs["extrapolated"].sum()) if len(runs) else 0
