@@ -9,9 +9,14 @@ loses nothing: finished runs are in the store; a run that was in flight is still
 ``run_sweep`` resumes it.
 
 Backends: ``local`` — ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn``
-context, torch threads per worker = cores // workers; ``ray`` — one
-``@ray.remote(num_cpus=...)`` task per run on ``ray.init(address=...)`` or a local
-instance; ``inline`` — in this process (debugging, tests).
+context; each run gets its own cores and GPUs from a
+:class:`~moescale.sweep.resources.DevicePool` (CPU affinity, ``CUDA_VISIBLE_DEVICES``);
+``ray`` — one task per run requesting the run's ``num_cpus`` / ``num_gpus`` on
+``ray.init(address=...)`` or a local instance; ``inline`` — in this process (debugging,
+tests). A run's resources come from the config's ``[resources]`` table
+(:mod:`moescale.sweep.resources`); a run with ``nproc`` > 1 is launched with torchrun
+(:mod:`moescale.sweep.launch`). A request larger than one machine of the backend is
+refused before anything runs.
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moescale.errors import ConfigError
+from moescale.sweep.launch import run_placed
 from moescale.sweep.planner import PlannedRun, SweepPlan
+from moescale.sweep.resources import (
+    DevicePool,
+    ResourceConfig,
+    RunResources,
+    check_fits,
+    local_gpu_count,
+    resolve_resources,
+)
 from moescale.sweep.runner import RunFn, execute_payload, worker_init
 from moescale.sweep.store import RunStore
 
@@ -80,6 +94,8 @@ def run_sweep(
     retry_failed: bool = False,
     run_fn: RunFn | None = None,
     progress: Progress | None = None,
+    resources: ResourceConfig | None = None,
+    gpus: int | None = None,
 ) -> SweepOutcome:
     """Train every run of ``plan`` not yet done in ``store``.
 
@@ -96,15 +112,24 @@ def run_sweep(
     run_fn : callable, optional
         ``payload -> {"result", "curve"}``; default trains with :mod:`moescale.train`.
         Must be picklable (module level) for the process and Ray backends.
+    resources : ResourceConfig, optional
+        Per-run GPUs, cores and processes; default the config's ``[resources]``
+        (``plan.spec.resources``).
+    gpus : int, optional
+        GPUs the local pool hands out (default: :func:`local_gpu_count`); ignored on Ray,
+        whose cluster says what it has.
     """
     cores = os.cpu_count() or 1
+    ray_cap = workers if backend == "ray" else None  # Ray queues by resources itself
     workers = check_backend(backend, workers, cores)
+    if resources is None:
+        resources = plan.spec.resources
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     out = SweepOutcome()
     with store.driver_lock():
         _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_fn, say,
-               out)
+               out, resources, gpus, ray_cap)
     out.wall_seconds = time.perf_counter() - t0
     return out
 
@@ -122,7 +147,7 @@ def check_backend(backend: str, workers: int | None, cores: int | None = None) -
 
 
 def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_fn, say,
-           out: SweepOutcome) -> None:
+           out: SweepOutcome, resources, gpus, ray_cap) -> None:
     store.sync_plan(plan)
     rows = {r["name"]: r for r in store.runs()}
     names_by_key: dict[str, list[str]] = {}
@@ -165,42 +190,92 @@ def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_
 
     payloads = [_payload(r, store) for r in todo]
     if backend == "inline":
+        gpus = local_gpu_count() if gpus is None else gpus
+        needs = _resolve(todo, resources, threads, gpus, cores, "this machine")
         for p in payloads:
             store.mark_running(p["key"])
             say(f"start {p['name']}")
-            record(execute_payload(p, run_fn))
+            res = needs[p["key"]]
+            record(run_placed(p, run_fn, {"nproc": res.nproc, "threads": res.cpus})
+                   if res.torchrun else execute_payload(p, run_fn))
     elif backend == "local":
-        _run_local(payloads, store, workers, threads, run_fn, record, say)
+        gpus = local_gpu_count() if gpus is None else gpus
+        devices = DevicePool(_affinity(), gpus, slots=workers * threads)
+        needs = _resolve(todo, resources, threads, gpus, devices.n_cores, "this machine")
+        _run_local(payloads, store, workers, needs, devices, run_fn, record, say)
     else:
-        _run_ray(payloads, store, workers, threads, ray_address, run_fn, record, say)
+        _run_ray(payloads, store, ray_cap or len(payloads), threads, ray_address, run_fn,
+                 record, say, todo, resources, workers)
 
 
-def _run_local(payloads, store, workers, threads, run_fn, record, say) -> None:
+def _affinity() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _resolve(todo: list[PlannedRun], resources: ResourceConfig, threads: int, gpus: int,
+             cpus: int, where: str) -> dict[str, RunResources]:
+    """Every run's resources, each checked against one machine of the backend (before any
+    run starts, so an oversize request loses nothing)."""
+    needs: dict[str, RunResources] = {}
+    for run in todo:
+        res = resolve_resources(resources.for_family(run.family), device=run.config.device,
+                                default_cpus=threads, gpu_count=gpus)
+        check_fits(run.name, res, gpus=gpus, cpus=max(cpus, threads), where=where)
+        needs[run.key] = res
+    return needs
+
+
+def _run_local(payloads, store, workers, needs, devices, run_fn, record, say) -> None:
+    """Process pool: at most ``workers`` runs at once, each holding its own cores and GPUs
+    from ``devices`` (a queued run that does not fit yet waits; a smaller one behind it
+    may start first). With GPUs every run gets a fresh process, since CUDA fixes a
+    process's devices when it starts."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     queue = list(payloads)
     ctx = mp.get_context("spawn")
+    fresh = any(needs[p["key"]].gpus for p in payloads)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
 
     def new_pool() -> ProcessPoolExecutor:
-        counter = ctx.Value("i", 0)  # worker slot -> its own cores (see worker_init)
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                   initializer=worker_init, initargs=(threads, counter))
+                                   initializer=worker_init, initargs=(None,),
+                                   max_tasks_per_child=1 if fresh else None)
+
+    def start(p: dict[str, Any]) -> bool:
+        res = needs[p["key"]]
+        slot = devices.take(res)
+        if slot is None:
+            return False
+        store.mark_running(p["key"])
+        gpu_note = f" on GPU {slot.cuda_visible_devices(visible)}" if slot.gpus else ""
+        say(f"start {p['name']}{gpu_note}")
+        placement = {"cores": list(slot.cores), "threads": res.cpus, "nproc": res.nproc,
+                     "cuda_visible_devices": slot.cuda_visible_devices(visible)}
+        running[pool.submit(run_placed, p, run_fn, placement)] = (p, slot)
+        return True
 
     pool = new_pool()
-    running: dict[Any, dict[str, Any]] = {}
+    running: dict[Any, tuple[dict[str, Any], Any]] = {}
     try:
         while queue or running:
-            while queue and len(running) < workers:
-                p = queue.pop(0)
-                store.mark_running(p["key"])
-                say(f"start {p['name']}")
-                running[pool.submit(execute_payload, p, run_fn)] = p
+            i = 0
+            while i < len(queue) and len(running) < workers:
+                if start(queue[i]):
+                    queue.pop(i)
+                else:
+                    i += 1
+            if not running:  # pragma: no cover - _resolve checked every run fits alone
+                raise ConfigError(f"run {queue[0]['name']!r} does not fit this machine")
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             broken = False
             for fut in done:
-                p = running.pop(fut)
+                p, slot = running.pop(fut)
+                devices.give(slot)
                 try:
                     record(fut.result())
                 except BrokenProcessPool as exc:
@@ -208,8 +283,9 @@ def _run_local(payloads, store, workers, threads, run_fn, record, say) -> None:
                     record({"key": p["key"], "status": "failed",
                             "error": f"worker process died (BrokenProcessPool: {exc})"})
             if broken:  # every in-flight run of a broken pool is lost: re-queue them
-                for fut, p in list(running.items()):
+                for fut, (p, slot) in list(running.items()):
                     fut.cancel()
+                    devices.give(slot)
                     queue.insert(0, p)
                 running.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -242,30 +318,137 @@ def _import_ray():
     return ray
 
 
-def _run_ray(payloads, store, workers, threads, address, run_fn, record, say) -> None:
+_TOKEN_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _token_source() -> str | None:
+    """Where Ray will find an authentication token: an environment variable, the default
+    token file, or ``None``."""
+    for var in _TOKEN_VARS:
+        if os.environ.get(var):
+            return var
+    default = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return default if os.path.isfile(default) else None
+
+
+def _join_ray(ray, address: str | None, num_cpus: int) -> None:
+    """``ray.init`` with the cause of a failure in one line (token authentication, the
+    default of current Ray clusters, fails as a bare "Failed to connect" otherwise)."""
+    if address and os.environ.get("RAY_AUTH_MODE") is None and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_MODE"] = "token"  # a token was given: use it
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises several types; all are one line here
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if address and "auth" in f"{type(exc).__name__} {msg}".lower():
+            hint = ("Ray token authentication is on but no token was found: set RAY_AUTH_TOKEN "
+                    "(or RAY_AUTH_TOKEN_PATH) to the cluster's token (`ray get-auth-token` on "
+                    "the head node)")
+        elif address and _token_source() is None:
+            hint = ("no Ray authentication token is set; a cluster with token authentication "
+                    "(Ray's default) refuses such drivers: set RAY_AUTH_TOKEN or "
+                    "RAY_AUTH_TOKEN_PATH to the cluster's token (`ray get-auth-token` on the "
+                    "head node)")
+        elif address:
+            hint = (f"an authentication token is set ({_token_source()}): check that it is the "
+                    "cluster's token and that the address is the head node's GCS port")
+        else:
+            hint = "could not start a local Ray instance"
+        raise ConfigError(f"cannot join Ray at {address or 'a new local instance'!r}: {msg}; "
+                          f"{hint}") from None
+
+
+def _cluster_capacity(ray) -> tuple[int, int, list[dict[str, Any]]]:
+    """The most GPUs and CPUs one alive node of the cluster has, and the alive nodes."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = max((int(n.get("Resources", {}).get("GPU", 0)) for n in nodes), default=0)
+    cpus = max((int(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=0)
+    return gpus, cpus, nodes
+
+
+def _check_shared_runs(ray, runs_dir, nodes: list[dict[str, Any]]) -> None:
+    """Refuse a cluster where some node cannot see or write the store's runs folder.
+
+    Run folders hold each run's checkpoints (resume) and final weights, so every node
+    must reach the driver's runs folder through a shared filesystem. The driver writes a
+    marker file; one zero-CPU task pinned to each alive node reads it back and writes a
+    probe file beside it.
+    """
+    import uuid
+
+    from moescale.spec.io import atomic_write
+
+    token = uuid.uuid4().hex
+    marker = runs_dir / f".shared-probe-{token}"
+    atomic_write(marker, token)
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        probe = ray.remote(num_cpus=0)(_probe_runs_folder)
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    node_id=n["NodeID"], soft=False)).remote(str(marker), token)
+                for n in nodes]
+        for node, problem in zip(nodes, ray.get(refs), strict=True):
+            if problem:
+                raise ConfigError(
+                    f"Ray node {node.get('NodeManagerAddress', node['NodeID'])} cannot use the "
+                    f"runs folder {runs_dir}: {problem}; every node must see the store's runs "
+                    "folder on a shared filesystem (docs/sweeps.md, multi-node)")
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _probe_runs_folder(marker: str, token: str) -> str | None:
+    """On one node: ``None`` if the driver's marker is visible and its folder writable."""
+    path = os.path.abspath(marker)
+    try:
+        with open(path) as fh:
+            if fh.read() != token:
+                return "its marker file holds another value (a different folder)"
+    except OSError as exc:
+        return f"the driver's marker file is not visible ({exc.strerror})"
+    probe = f"{path}.{socket.gethostname()}.{os.getpid()}"
+    try:
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        return f"the folder is not writable ({exc.strerror})"
+    return None
+
+
+def _run_ray(payloads, store, cap, threads, address, run_fn, record, say, todo, resources,
+             workers) -> None:
     ray = _import_ray()
     if address:
         _probe(address)
     started_here = not ray.is_initialized()
     if started_here:
-        try:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers * threads, include_dashboard=False,
-                         log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"cannot start or join Ray (address {address!r}): {exc}") from None
-    task = ray.remote(num_cpus=threads)(_ray_execute)
-    queue = list(payloads)
-    running: dict[Any, dict[str, Any]] = {}
+        _join_ray(ray, address, workers * threads)
     try:
+        gpus, cpus, nodes = _cluster_capacity(ray)
+        needs = _resolve(todo, resources, threads, gpus, cpus, "the Ray cluster")
+        _check_shared_runs(ray, store.runs_dir, nodes)
+        task = ray.remote(_ray_execute)
+        queue = list(payloads)
+        running: dict[Any, dict[str, Any]] = {}
         while queue or running:
-            while queue and len(running) < workers:
+            while queue and len(running) < cap:
                 p = queue.pop(0)
+                res = needs[p["key"]]
                 store.mark_running(p["key"])
-                say(f"start {p['name']} (ray)")
-                running[task.remote(p, run_fn, threads)] = p
+                say(f"start {p['name']} (ray, {res.cpus} CPU, {res.gpus} GPU)")
+                # GPUs: Ray sets CUDA_VISIBLE_DEVICES to the ones it assigned; a CPU run
+                # is shown none, so "auto" cannot wander onto a GPU no task reserved
+                where = {"threads": res.cpus, "nproc": res.nproc,
+                         "cuda_visible_devices": None if res.gpus else ""}
+                ref = task.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(
+                    p, run_fn, where)
+                running[ref] = p
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
                 p = running.pop(ref)
@@ -280,6 +463,9 @@ def _run_ray(payloads, store, workers, threads, address, run_fn, record, say) ->
             ray.shutdown()
 
 
-def _ray_execute(payload: dict[str, Any], run_fn: RunFn | None, threads: int) -> dict[str, Any]:
-    worker_init(threads)
-    return execute_payload(payload, run_fn)
+def _ray_execute(payload: dict[str, Any], run_fn: RunFn | None,
+                 placement: dict[str, Any]) -> dict[str, Any]:
+    """A Ray task: Ray has set ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned (empty
+    for a CPU run) and sized the task's cores; train there."""
+    worker_init(None)
+    return run_placed(payload, run_fn, placement)

@@ -25,6 +25,7 @@ from typing import Any
 
 from moescale.errors import ConfigError, check_range
 from moescale.laws.base import COMPUTE_MAX
+from moescale.sweep.resources import ResourceConfig, parse_resources
 
 __all__ = [
     "SweepSpec",
@@ -133,6 +134,9 @@ class SweepSpec:
     train: dict[str, Any] = field(default_factory=dict)
     dense: DenseLadder | None = None
     families: tuple[FamilySpec, ...] = ()
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    """Per-run GPUs, cores and processes (``[resources]``, :mod:`moescale.sweep.resources`;
+    not part of any run key)."""
     source: str = ""
     """Where the spec was read from (not part of any run key)."""
 
@@ -142,6 +146,7 @@ class SweepSpec:
 
         out = dataclasses.asdict(self)
         out.pop("source", None)
+        out["resources"] = self.resources.to_dict()
         return out
 
 
@@ -290,7 +295,8 @@ def _parse_family(table: dict[str, Any], index: int, budgets: tuple[float, ...])
 
 def parse_sweep_spec(doc: dict[str, Any], *, source: str = "") -> SweepSpec:
     """Validate a sweep-spec document (the parsed TOML) into a :class:`SweepSpec`."""
-    _check_keys(doc, {"sweep", "shape", "train", "dense", "family"}, "the sweep spec")
+    _check_keys(doc, {"sweep", "shape", "train", "dense", "family", "resources"},
+                "the sweep spec")
     sweep = doc.get("sweep")
     if not isinstance(sweep, dict):
         raise ConfigError("a sweep spec needs a [sweep] table (name, budgets, ...)")
@@ -356,6 +362,7 @@ def parse_sweep_spec(doc: dict[str, Any], *, source: str = "") -> SweepSpec:
         raise ConfigError(f"duplicate family name(s) {', '.join(map(repr, dup))}: family names "
                           "must be unique and not 'dense' (run names are built from them)")
     kw["families"] = families
+    kw["resources"] = parse_resources(doc.get("resources"), ["dense", *names])
     if kw.get("dense") is None and not families:
         raise ConfigError("the sweep spec plans no runs: add a [dense] table or [[family]]")
     return SweepSpec(**kw)

@@ -1,0 +1,255 @@
+"""What each sweep run needs — GPUs, CPU cores, processes — and which devices it is given.
+
+A sweep config may carry a ``[resources]`` table (and per-family overrides)::
+
+    [resources]
+    gpus_per_run = 1        # default: 1 when the run's device is CUDA, else 0
+    cpus_per_run = 2        # CPU cores per run (its torch threads, split among its ranks);
+                            # default: cores // workers on the local pool
+    nproc = 1               # processes per run; > 1 launches torchrun (one rank per GPU)
+
+    [resources.family.big]  # overrides for the runs of family "big" ("dense" for [dense])
+    gpus_per_run = 4
+
+Resources are not part of a run's key: they decide where a run executes, not what it
+computes (a 2-rank DDP run averages the same global batch as one process).
+
+:class:`DevicePool` is the local pool's book of free cores and GPU indices: each run in
+flight holds its own GPU set (``CUDA_VISIBLE_DEVICES``) and its own cores (CPU affinity),
+so two concurrent runs never share a device. On Ray the same requests become the task's
+``num_gpus`` / ``num_cpus`` and Ray assigns the devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from moescale.errors import ConfigError, check_range
+
+__all__ = [
+    "ResourceRequest",
+    "ResourceConfig",
+    "RunResources",
+    "Slot",
+    "DevicePool",
+    "parse_resources",
+    "resolve_resources",
+    "check_fits",
+    "local_gpu_count",
+    "RESOURCE_KEYS",
+]
+
+RESOURCE_KEYS = ("gpus_per_run", "cpus_per_run", "nproc")
+MAX_PER_RUN = 4096
+"""Upper bound of every per-run count (a typo such as 1e9 GPUs is refused, not planned)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceRequest:
+    """Per-run resources as written in the config; ``None`` = the default."""
+
+    gpus_per_run: int | None = None
+    cpus_per_run: int | None = None
+    nproc: int | None = None
+
+    def over(self, base: ResourceRequest) -> ResourceRequest:
+        """This request with its unset fields taken from ``base``."""
+        return ResourceRequest(**{k: getattr(self, k) if getattr(self, k) is not None
+                                  else getattr(base, k) for k in RESOURCE_KEYS})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceConfig:
+    """The ``[resources]`` table: a default request and per-family overrides."""
+
+    default: ResourceRequest = field(default_factory=ResourceRequest)
+    families: tuple[tuple[str, ResourceRequest], ...] = ()
+
+    def for_family(self, family: str) -> ResourceRequest:
+        """The request of the runs of ``family`` (its override over the default)."""
+        return dict(self.families).get(family, ResourceRequest()).over(self.default)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in dataclasses.asdict(self.default).items()
+                               if v is not None}
+        fams = {name: {k: v for k, v in dataclasses.asdict(r).items() if v is not None}
+                for name, r in self.families}
+        if fams:
+            out["family"] = fams
+        return out
+
+
+@dataclass(frozen=True)
+class RunResources:
+    """What one run is given: ``gpus`` GPUs, ``cpus`` cores, ``nproc`` processes."""
+
+    gpus: int
+    cpus: int
+    nproc: int
+
+    @property
+    def torchrun(self) -> bool:
+        """Whether the run is launched with torchrun (more than one process)."""
+        return self.nproc > 1
+
+    def to_dict(self) -> dict[str, int]:
+        return {"gpus": self.gpus, "cpus": self.cpus, "nproc": self.nproc}
+
+
+def _parse_request(table: Any, where: str) -> ResourceRequest:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table; got {table!r}")
+    unknown = sorted(set(table) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
+                          f"allowed: {', '.join(RESOURCE_KEYS)}")
+    kw: dict[str, int] = {}
+    for key in RESOURCE_KEYS:
+        if key in table:
+            low = 0 if key == "gpus_per_run" else 1
+            check_range(f"resources.{key}", table[key], low=low, high=MAX_PER_RUN,
+                        integer=True)
+            kw[key] = int(table[key])
+    return ResourceRequest(**kw)
+
+
+def parse_resources(table: Any, families: Sequence[str] = ()) -> ResourceConfig:
+    """Validate a ``[resources]`` table (``families``: the config's family names, with
+    ``dense`` for the dense ladder; an override naming another family is refused)."""
+    if table is None:
+        return ResourceConfig()
+    if not isinstance(table, dict):
+        raise ConfigError(f"[resources] must be a table; got {table!r}")
+    fam_tables = table.get("family", {})
+    default = _parse_request({k: v for k, v in table.items() if k != "family"}, "[resources]")
+    if not isinstance(fam_tables, dict):
+        raise ConfigError(f"[resources.family] must be a table of family names; "
+                          f"got {fam_tables!r}")
+    overrides = []
+    for name, sub in fam_tables.items():
+        if families and name not in families:
+            raise ConfigError(f"'resources.family.{name}' names no family of this sweep; "
+                              f"families: {', '.join(families)}")
+        overrides.append((name, _parse_request(sub, f"[resources.family.{name}]")))
+    config = ResourceConfig(default=default, families=tuple(overrides))
+    for name, _ in (("", None), *overrides):
+        _check_consistent(config.for_family(name), name)
+    return config
+
+
+def _check_consistent(req: ResourceRequest, family: str) -> None:
+    where = f"resources.family.{family}" if family else "resources"
+    g, n, c = req.gpus_per_run, req.nproc, req.cpus_per_run
+    if g and n is not None and n != g:
+        raise ConfigError(f"'{where}.nproc' must equal gpus_per_run ({g}: one process per "
+                          f"GPU); got {n}")
+    if c is not None and n is not None and c < n:
+        raise ConfigError(f"'{where}.cpus_per_run' must be >= nproc ({n}: at least one core "
+                          f"per process); got {c}")
+
+
+def resolve_resources(req: ResourceRequest, *, device: str, default_cpus: int,
+                      gpu_count: int) -> RunResources:
+    """Fill a request's defaults for a run on ``device`` (its ``TrainConfig.device``).
+
+    GPUs: 1 on ``cuda``, 0 on ``cpu``; with ``auto``, 1 when ``gpu_count`` > 0. A run on
+    ``cpu`` asking for GPUs is refused. Processes: one per GPU (at least one). Cores:
+    ``default_cpus`` (the local pool's ``cores // workers``), at least one per process.
+    """
+    cuda = device.startswith("cuda")
+    gpus = req.gpus_per_run
+    if gpus is None:
+        gpus = 1 if cuda or (device == "auto" and gpu_count > 0) else 0
+    if device == "cpu" and gpus:
+        raise ConfigError(f"'resources.gpus_per_run' must be 0 for runs on device 'cpu'; "
+                          f"got {gpus}")
+    if cuda and not gpus:
+        raise ConfigError(f"'resources.gpus_per_run' must be >= 1 for runs on device "
+                          f"{device!r}; got 0")
+    nproc = req.nproc if req.nproc is not None else max(1, gpus)
+    cpus = req.cpus_per_run if req.cpus_per_run is not None else max(default_cpus, nproc)
+    return RunResources(gpus=gpus, cpus=cpus, nproc=nproc)
+
+
+def check_fits(name: str, res: RunResources, *, gpus: int, cpus: int, where: str) -> None:
+    """Refuse a run whose request exceeds what one machine of ``where`` has (one line)."""
+    if res.gpus > gpus:
+        raise ConfigError(f"run {name!r} asks for {res.gpus} GPU(s) (resources.gpus_per_run) "
+                          f"but {where} has at most {gpus} per machine; lower gpus_per_run")
+    if res.cpus > cpus:
+        raise ConfigError(f"run {name!r} asks for {res.cpus} CPU core(s) "
+                          f"(resources.cpus_per_run) but {where} has at most {cpus} per "
+                          "machine; lower cpus_per_run")
+
+
+def local_gpu_count() -> int:
+    """GPUs this machine offers, without importing torch: ``CUDA_VISIBLE_DEVICES`` when
+    set (empty = none), else the lines of ``nvidia-smi -L`` (0 without the tool)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The devices one local run holds: CPU core ids (its affinity) and GPU ids (its
+    ``CUDA_VISIBLE_DEVICES``, in the numbering of the driver's visible devices)."""
+
+    cores: tuple[int, ...]
+    gpus: tuple[int, ...]
+    held: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    """The pool's (virtual) core slots this run holds."""
+
+    def cuda_visible_devices(self, visible: str | None = None) -> str:
+        """The run's ``CUDA_VISIBLE_DEVICES``: its GPU ids mapped through the driver's own
+        ``visible`` list when it has one (empty string: no GPU)."""
+        names = [d.strip() for d in visible.split(",")] if visible else None
+        return ",".join(names[g] if names else str(g) for g in self.gpus)
+
+
+class DevicePool:
+    """Free cores and GPUs of the local machine; :meth:`take` gives a run its own.
+
+    ``cores``: the core ids runs may use (the driver's CPU affinity); ``slots`` virtual
+    cores are cycled over them when more concurrent threads are asked for than there are
+    cores (``workers`` > cores oversubscribes, as asked). ``gpus``: the number of visible
+    GPUs (injectable; :func:`local_gpu_count` by default).
+    """
+
+    def __init__(self, cores: Sequence[int], gpus: int, *, slots: int | None = None) -> None:
+        if not cores:
+            raise ValueError("DevicePool needs at least one core")
+        self._cores = tuple(cores)
+        n = max(len(self._cores), slots or 0)
+        self._free_cores = list(range(n))
+        self._free_gpus = list(range(gpus))
+        self.n_cores, self.n_gpus = n, gpus
+
+    def take(self, res: RunResources) -> Slot | None:
+        """Reserve ``res.cpus`` cores and ``res.gpus`` GPUs (lowest ids first), or ``None``
+        while not enough are free."""
+        if len(self._free_cores) < res.cpus or len(self._free_gpus) < res.gpus:
+            return None
+        virt, self._free_cores = self._free_cores[:res.cpus], self._free_cores[res.cpus:]
+        gpus, self._free_gpus = self._free_gpus[:res.gpus], self._free_gpus[res.gpus:]
+        cores = tuple(sorted({self._cores[v % len(self._cores)] for v in virt}))
+        return Slot(cores=cores, gpus=tuple(gpus), held=tuple(virt))
+
+    def give(self, slot: Slot) -> None:
+        """Return a finished run's devices."""
+        self._free_cores = sorted(self._free_cores + list(slot.held))
+        self._free_gpus = sorted(self._free_gpus + list(slot.gpus))

@@ -1,0 +1,199 @@
+"""Which devices each sweep run is given: the local pool with a fake GPU count, Ray with
+logical GPUs (``ray.init(num_gpus=2)`` needs no GPU), torchrun for nproc > 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from moescale.errors import ConfigError
+from moescale.sweep.execute import _probe_runs_folder, run_sweep
+from moescale.sweep.planner import plan_sweep
+from moescale.sweep.spec import parse_sweep_spec
+from moescale.sweep.store import open_store
+
+TESTS = str(Path(__file__).parent)
+
+
+def _plan(resources=None, budgets=(1e12, 3e12), train=None):
+    doc = {"sweep": {"name": "g", "budgets": list(budgets)}, "dense": {"sizes": [0.5, 1]}}
+    if resources is not None:
+        doc["resources"] = resources
+    if train is not None:
+        doc["train"] = train
+    return plan_sweep(parse_sweep_spec(doc))
+
+
+def seen_run(payload):
+    """Stand-in for training: record what the run's process was given, hold it 0.5 s."""
+    t0 = time.time()
+    time.sleep(0.5)
+    seen = {"name": payload["name"], "start": t0, "end": time.time(), "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "rank": os.environ.get("RANK"), "world_size": os.environ.get("WORLD_SIZE"),
+            "cores": sorted(os.sched_getaffinity(0))}
+    out = Path(payload["out_dir"])
+    with open(out / f"seen-{os.getpid()}.json", "w") as fh:
+        json.dump(seen, fh)
+    return {"result": {"status": "completed", "loss": 3.0, "tokens": 10,
+                       "flops": payload["config"]["compute"]}, "curve": []}
+
+
+def _seen(store_path: Path) -> list[dict]:
+    return [json.loads(f.read_text())
+            for f in Path(str(store_path) + ".runs").glob("*/seen-*.json")]
+
+
+def _assert_no_shared_gpu(seen: list[dict]) -> None:
+    """Different runs whose time intervals overlap hold disjoint GPU sets."""
+    for i, a in enumerate(seen):
+        for b in seen[i + 1:]:
+            if a["name"] != b["name"] and a["start"] < b["end"] and b["start"] < a["end"]:
+                ga = set(a["cuda_visible_devices"].split(","))
+                gb = set(b["cuda_visible_devices"].split(","))
+                assert not ga & gb, (a, b)
+
+
+def test_local_pool_gives_each_concurrent_run_its_own_gpu(tmp_path, monkeypatch):
+    # the driver sees two GPUs named 5 and 7; runs must get one each, never both the same
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    plan = _plan()
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        out = run_sweep(plan, st, backend="local", workers=2, run_fn=seen_run)
+        assert len(out.completed) == 4 and not out.failed
+        placements = [json.loads(r["result_json"])["placement"] for r in st.runs()]
+    seen = _seen(path)
+    assert len(seen) == 4
+    assert {s["cuda_visible_devices"] for s in seen} == {"5", "7"}  # both used, one each
+    assert all(s["cuda_visible_devices"] in ("5", "7") for s in seen)
+    _assert_no_shared_gpu(seen)
+    assert len({s["pid"] for s in seen}) == 4  # a fresh process per GPU run
+    assert sorted(p["cuda_visible_devices"] for p in placements) == \
+        sorted(s["cuda_visible_devices"] for s in seen)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_local_pool_two_gpu_runs_get_disjoint_pairs_through_torchrun(tmp_path, monkeypatch):
+    # a fake count of 4 GPUs is injected; each 2-GPU run launches 2 ranks with torchrun
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [TESTS, os.environ.get("PYTHONPATH", "")]))
+    plan = _plan(resources={"gpus_per_run": 2}, budgets=(1e12,))
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        out = run_sweep(plan, st, backend="local", workers=4, gpus=4, run_fn=seen_run)
+        assert not out.failed, out.failed
+    seen = _seen(path)
+    assert len(seen) == 4  # 2 runs x 2 ranks
+    pairs = {s["name"]: set() for s in seen}
+    for s in seen:
+        assert s["world_size"] == "2"
+        pairs[s["name"]].add(s["cuda_visible_devices"])
+    # both ranks of a run see the run's pair; the two runs hold disjoint pairs
+    assert sorted(v.pop() for v in pairs.values() if len(v) == 1) == ["0,1", "2,3"]
+    _assert_no_shared_gpu(seen)
+
+
+def test_oversize_request_refused_before_anything_runs(tmp_path):
+    with open_store(tmp_path / "o.db") as st:
+        with pytest.raises(ConfigError, match=r"asks for 3 GPU\(s\).*at most 2"):
+            run_sweep(_plan(resources={"gpus_per_run": 3}), st, backend="local", workers=2,
+                      gpus=2, run_fn=seen_run)
+        assert st.count("running") == 0 and st.count("done") == 0
+    assert _seen(tmp_path / "o.db") == []
+
+
+def test_cpu_runs_get_no_gpu_and_their_own_core(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    plan = _plan(train={"device": "cpu"})
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        run_sweep(plan, st, backend="local", workers=2, run_fn=seen_run)
+    seen = _seen(path)
+    assert len(seen) == 4 and all(s["cuda_visible_devices"] == "" for s in seen)
+    if len(os.sched_getaffinity(0)) >= 2:
+        for i, a in enumerate(seen):
+            for b in seen[i + 1:]:
+                if a["start"] < b["end"] and b["start"] < a["end"]:
+                    assert not set(a["cores"]) & set(b["cores"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_nproc_2_runs_under_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [TESTS, os.environ.get("PYTHONPATH", "")]))
+    plan = _plan(resources={"nproc": 2, "cpus_per_run": 2}, budgets=(1e12,),
+                 train={"device": "cpu"})
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        out = run_sweep(plan, st, backend="inline", run_fn=seen_run, gpus=0)
+        assert not out.failed, out.failed
+    seen = _seen(path)
+    assert sorted((s["name"], s["rank"], s["world_size"]) for s in seen) == sorted(
+        (r.name, rank, "2") for r in plan.runs for rank in ("0", "1"))
+    log = next(Path(str(path) + ".runs").glob("*/torchrun.log")).read_text()
+    assert "--nproc-per-node 2 -m moescale.sweep.launch" in log
+
+
+def test_runs_folder_probe_names_the_problem(tmp_path):
+    marker = tmp_path / ".shared-probe-x"
+    assert "not visible" in _probe_runs_folder(str(marker), "t")
+    marker.write_text("other")
+    assert "another value" in _probe_runs_folder(str(marker), "t")
+    marker.write_text("t")
+    assert _probe_runs_folder(str(marker), "t") is None
+
+
+# --------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_2gpu():
+    ray = pytest.importorskip("ray")
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "PYTHONPATH")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # no token file written under ~/.ray
+    os.environ["PYTHONPATH"] = os.pathsep.join([TESTS, saved["PYTHONPATH"] or ""])
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.mark.timeout(600)
+def test_ray_tasks_request_gpus_and_get_their_own(tmp_path, ray_2gpu):
+    plan = _plan(resources={"gpus_per_run": 1, "cpus_per_run": 1})
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        out = run_sweep(plan, st, backend="ray", run_fn=seen_run)
+        assert len(out.completed) == 4 and not out.failed, out.failed
+        # an oversize request is refused before anything runs
+        with pytest.raises(ConfigError, match=r"asks for 3 GPU\(s\).*Ray cluster has at most 2"):
+            run_sweep(_plan(resources={"gpus_per_run": 3}, budgets=(1e13,)), st,
+                      backend="ray", run_fn=seen_run)
+        assert st.count("running") == 0
+    seen = _seen(path)
+    assert len(seen) == 4
+    assert all(s["cuda_visible_devices"] in ("0", "1") for s in seen)
+    _assert_no_shared_gpu(seen)
+    overlapping = [(a, b) for i, a in enumerate(seen) for b in seen[i + 1:]
+                   if a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlapping, "two 1-GPU runs should have run at once on 2 logical GPUs"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_cpu_runs_see_no_gpu(tmp_path, ray_2gpu):
+    plan = _plan(train={"device": "cpu"}, budgets=(1e12,))
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        out = run_sweep(plan, st, backend="ray", run_fn=seen_run)
+        assert not out.failed, out.failed
+    assert [s["cuda_visible_devices"] for s in _seen(path)] == ["", ""]
