@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -118,3 +119,35 @@ def test_torchrun_command_line():
     assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc-per-node", "4", "-m", "moescale.sweep.launch",
                    "/runs/k/sweep_payload.json"]
+
+
+class _FailingRay:
+    """A ``ray`` whose ``init`` fails the way Ray 2.60 does against a token cluster."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def init(self, **kwargs):
+        raise self.exc
+
+
+def test_ray_join_failure_says_whether_a_token_is_missing(tmp_path, monkeypatch):
+    from moescale.sweep.execute import _join_ray
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    bare = ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+    with pytest.raises(ConfigError, match="no Ray authentication token is set.*RAY_AUTH_TOKEN"):
+        _join_ray(_FailingRay(bare), "10.0.0.1:6379", 1)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    missing = RuntimeError("Token authentication is enabled but no authentication token "
+                           "was found")
+    with pytest.raises(ConfigError, match="token authentication is on but no token was found"):
+        _join_ray(_FailingRay(missing), "10.0.0.1:6379", 1)
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
+    with pytest.raises(ConfigError, match=r"a token is set \(RAY_AUTH_TOKEN\)") as info:
+        _join_ray(_FailingRay(bare), "10.0.0.1:6379", 1)
+    assert "\n" not in str(info.value)
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # a given token switches token mode on

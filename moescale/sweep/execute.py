@@ -354,7 +354,7 @@ def _join_ray(ray, address: str | None, num_cpus: int) -> None:
                     "RAY_AUTH_TOKEN_PATH to the cluster's token (`ray get-auth-token` on the "
                     "head node)")
         elif address:
-            hint = (f"an authentication token is set ({_token_source()}): check that it is the "
+            hint = (f"a token is set ({_token_source()}): check that it is the "
                     "cluster's token and that the address is the head node's GCS port")
         else:
             hint = "could not start a local Ray instance"
