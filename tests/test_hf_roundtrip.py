@@ -342,3 +342,12 @@ def test_llama4_published_sizes(changes, total_window):
     assert pc.total == meta_param_groups(cfg)["total"]
     assert total_window[0] <= pc.total < total_window[1]
     assert 17e9 <= pc.active < 17.5e9  # "17B active"
+
+
+def test_sparse_nested_text_config_takes_the_text_class_defaults():
+    """Older hub files (gemma-3) keep only non-default keys in text_config."""
+    sparse = {"model_type": "gemma3_text", "hidden_size": 2560, "intermediate_size": 10240,
+              "num_hidden_layers": 34, "sliding_window": 1024}
+    spec = from_hf_config({"model_type": "gemma3", "text_config": sparse})
+    assert (spec.n_heads, spec.n_kv_heads, spec.vocab_size) == (8, 4, 262208)
+    assert count_params(spec).total == meta_param_groups(sparse)["total"]

@@ -996,6 +996,15 @@ _FAMILIES: dict[str, dict[str, Any]] = {
 
 # Multimodal wrappers whose language model is a supported family in ``text_config``.
 _TEXT_CONFIG: dict[str, str] = {"llama4": "llama4_text", "gemma3": "gemma3_text"}
+# Hub files written by older transformers keep only non-default keys in a nested
+# text_config; these are the text config classes' defaults of the keys read as required.
+_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma3_text": {"hidden_size": 2304, "num_hidden_layers": 26, "num_attention_heads": 8,
+                    "num_key_value_heads": 4, "vocab_size": 262208, "intermediate_size": 9216},
+    "llama4_text": {"hidden_size": 5120, "num_hidden_layers": 48, "num_attention_heads": 40,
+                    "num_key_value_heads": 8, "vocab_size": 202048, "intermediate_size": 8192,
+                    "num_local_experts": 16, "num_experts_per_tok": 1},
+}
 
 # transformers architecture class -> model_type, for remote-code aliases (kimi_k2).
 _ARCHITECTURES: dict[str, str] = {
@@ -1095,6 +1104,7 @@ def from_hf_config(cfg: dict[str, Any], *, name: str = "", source: str = "") -> 
                 f"(JSON object); got {text!r}"
             )
         family = _TEXT_CONFIG[family]
+        text = {**_TEXT_DEFAULTS[family], **text}
         extra["note"] = "language model only (text_config); vision encoder not counted"
     extra["family"] = family
     if family == "qwen2_moe":
