@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -11,7 +12,7 @@ from _train_helpers import train_until_crash
 
 from moescale.errors import ConfigError
 from moescale.spec import ModelSpec, flops_per_token
-from moescale.train import TrainConfig, train
+from moescale.train import TrainConfig, run_hash, train
 
 DENSE = ModelSpec(name="tiny-dense", d_model=32, n_layers=2, n_heads=2, vocab_size=257, d_ffn=64)
 MOE = ModelSpec(name="tiny-moe", d_model=32, n_layers=2, n_heads=2, vocab_size=257,
@@ -87,14 +88,30 @@ def test_divergence_is_recorded(cache, tmp_path):
     assert record["status"] == "diverged" and record["error"] == result["error"]
 
 
-def test_interrupted_run_resumes_and_refuses_other_configs(cache, tmp_path, monkeypatch):
-    cfg = TrainConfig(compute=1.5e9, seq_len=32, cache_dir=cache, learning_rate=3e-3,
-                      log_every=1, checkpoint_every_steps=3, n_evals=4)
+def test_interrupted_run_resumes_across_a_new_default_field_and_refuses_other_configs(
+    cache, tmp_path, monkeypatch
+):
+    """An interrupted run resumes bit-identically, even after a later moescale adds a
+    TrainConfig field at its default (one run identity, defaults dropped) and from a
+    schema-1 folder whose record is named config.json; another config is refused."""
+    cfg = TrainConfig(compute=8e8, seq_len=32, cache_dir=cache, learning_rate=3e-3,
+                      log_every=1, checkpoint_every_steps=3, n_evals=4, eval_tokens=8192)
     ref = train(DENSE, cfg, tmp_path / "ref")
-    train_until_crash(DENSE, cfg, tmp_path / "run", monkeypatch, at_eval=2)
+    train_until_crash(DENSE, cfg, tmp_path / "run", monkeypatch, at_eval=3)
+    (tmp_path / "run" / "moescale_run.json").rename(tmp_path / "run" / "config.json")
+    newer = dataclasses.make_dataclass(
+        "TrainConfig", [("label_smoothing", float, dataclasses.field(default=0.0))],
+        bases=(TrainConfig,), frozen=True, kw_only=True)
+    cfg2 = newer(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+    assert run_hash(DENSE, cfg2) == run_hash(DENSE, cfg)  # the sweep store's key too
+    with pytest.raises(ConfigError, match=r"train\.label_smoothing: \(default\) -> 0\.1"):
+        train(DENSE, cfg2.replace(label_smoothing=0.1), tmp_path / "run")
     with pytest.raises(ConfigError, match=r"different config \(train\.learning_rate"):
         train(DENSE, cfg.replace(learning_rate=1e-3), tmp_path / "run")
-    resumed = train(DENSE, cfg, tmp_path / "run")
+    resumed = train(DENSE, cfg2, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == (
         tmp_path / "ref" / "metrics.jsonl").read_text()
     assert resumed["val_loss"] == ref["val_loss"] and resumed["train_loss"] == ref["train_loss"]
+    assert resumed["eval_block_losses"] == ref["eval_block_losses"]
+    assert (tmp_path / "run" / "moescale_run.json").is_file()
+    assert not (tmp_path / "run" / "config.json").exists()
