@@ -37,8 +37,10 @@ from moescale.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CASE_TIMEOUT_S = 30.0
-CASES = {"numeric": 160, "model": 80, "hf": 50, "sweep": 50, "table": 40, "export": 40}
-"""Examples per fuzz test (the closing note of #14 quotes their sum)."""
+_SCALE = int(os.environ.get("MOESCALE_FUZZ_SCALE", "1"))
+CASES = {k: v * _SCALE for k, v in
+         {"numeric": 160, "model": 80, "hf": 50, "sweep": 50, "table": 40, "export": 40}.items()}
+"""Examples per fuzz test (420 in CI; MOESCALE_FUZZ_SCALE=N runs N times as many)."""
 
 SETTINGS = dict(derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,

@@ -25,7 +25,7 @@ def test_compute_above_the_bound_is_refused_at_once(capsys):
     assert exc.value.code == 2
     assert time.perf_counter() - t0 < 10
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: 'compute' must be a number in (0, 1e+30]; got 1e+40"]
+    assert err == ["error: 'compute' must be a number in [1e+06, 1e+30]; got 1e+40"]
     assert COMPUTE_MAX == 1e30
 
 
@@ -90,3 +90,13 @@ def test_limits_below_any_model_are_one_line():
     with pytest.raises(ConfigError, match="no buildable architecture"):
         design(1e22, law="fg", max_total_params=10)
     assert math.isfinite(design(1e22, law="fg", top=1)[0]["predicted_loss"])
+
+
+@pytest.mark.parametrize("law", ["ling2025", "fg", "joint"])
+def test_tiny_compute_is_one_clean_line(law, capsys):
+    # 5e-324 gave numpy divide-by-zero warnings and "'D' ... got 0.0" (found by the fuzz test)
+    with pytest.raises(SystemExit) as exc:
+        main(["design", "-C", "5e-324", "--law", law])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: 'compute' must be a number in [1e+06, 1e+30]; got 5e-324"]

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from typing import Any
 
 import typer
@@ -70,11 +69,7 @@ def run_app(app: Any, argv: list[str] | None = None) -> None:
     if prog in ("__main__.py", "-c", ""):
         prog = "moescale"
     try:
-        with warnings.catch_warnings():
-            # numpy overflow warnings in a command are its bug or an input it must
-            # refuse; never a second stderr line next to the answer or error
-            warnings.filterwarnings("error", category=RuntimeWarning, module="numpy")
-            rv = app(args=argv, prog_name=prog, standalone_mode=False)
+        rv = app(args=argv, prog_name=prog, standalone_mode=False)
     except MoescaleError as exc:
         fail(str(exc))
     except cx.NoArgsIsHelpError as exc:

@@ -42,6 +42,9 @@ __all__ = ["DesignConstraints", "design", "DESIGN_LAWS", "BYTES_PER_PARAM"]
 DESIGN_LAWS = ("ling2025", "fg", "joint")
 BYTES_PER_PARAM = 16
 """bf16 weights (2) + bf16 grads (2) + fp32 master (4) + fp32 Adam m and v (8)."""
+DESIGN_COMPUTE_MIN = 1e6
+"""Smallest budget designed for: a few tokens of the smallest shape (d = 64, one block);
+below it every candidate trains on less than one token."""
 MAX_LAYERS = 100_000
 """Deepest candidate proposed (Ling 2.0 models have 20-80 layers)."""
 ASPECT_TARGET = 100.0
@@ -71,7 +74,7 @@ class DesignConstraints:
     """Sequence length s of Ling's M."""
 
     def __post_init__(self) -> None:
-        check_positive("compute", self.compute, high=COMPUTE_MAX)
+        check_range("compute", self.compute, low=DESIGN_COMPUTE_MIN, high=COMPUTE_MAX)
         for name in ("max_total_params", "max_active_params", "memory_gb"):
             v = getattr(self, name)
             if v is not None:
@@ -373,6 +376,11 @@ def design(
         out = _design_fg(cons, vocab=vocab_size or LING2_VOCAB)
     else:
         out = _design_joint(cons, vocab=vocab_size or JOINT_VOCAB)
+    if not out and max_total_params is None and max_active_params is None \
+            and memory_gb is None:
+        raise ConfigError(
+            f"'compute' {compute:g} is too small for law {law!r}: no architecture of its "
+            "search grid (ling2025: d_model >= 256 with >= 2 layers) fits; raise the compute")
     if not out:
         raise ConfigError(
             f"no buildable architecture satisfies the constraints at compute {compute:g} "
