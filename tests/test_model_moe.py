@@ -10,7 +10,12 @@ import torch
 from moescale.errors import ConfigError
 from moescale.model import MoEConfig, MoELayer, load_balancing_loss, z_loss
 from moescale.model.moe import apply_capacity
-from moescale.model.moe_backends import _partition
+from moescale.model.moe_backends import (
+    _partition,
+    grouped_experts,
+    loop_experts,
+    resolve_backend,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,7 +52,7 @@ def _starve(layer: MoELayer, experts: list[int]) -> None:
 def test_backends_agree_on_outputs_and_grads(router, capacity_factor):
     x = torch.randn(3, 21, D, generator=torch.Generator().manual_seed(3))
     results = []
-    for backend in ("loop", "grouped", "auto"):
+    for backend in ("loop", "grouped"):
         layer = _layer(backend, router=router, capacity_factor=capacity_factor,
                        routed_scaling=1.5)
         _starve(layer, [1, 6])  # experts receiving no tokens
@@ -87,9 +92,19 @@ def test_partition_balances_tokens_and_skips_empty_experts():
     assert sorted(loads) == [14, 17]
 
 
+def test_auto_backend_resolves_to_grouped():
+    """``auto`` is not a third implementation: it names the grouped back-end."""
+    layer = _layer("auto")
+    assert layer.backend == "grouped" and layer.run_experts is grouped_experts
+    assert _layer("loop").run_experts is loop_experts
+    assert resolve_backend("loop") == "loop" and resolve_backend("grouped") == "grouped"
+    with pytest.raises(ConfigError, match="'backend'.*'fast'"):
+        resolve_backend("fast")
+
+
 def test_state_dict_keys_identical_across_backends():
-    keys = {b: list(_layer(b).state_dict()) for b in ("loop", "grouped", "auto")}
-    assert keys["loop"] == keys["grouped"] == keys["auto"]
+    keys = {b: list(_layer(b).state_dict()) for b in ("loop", "grouped")}
+    assert keys["loop"] == keys["grouped"]
     assert "experts.w_gate_up" in keys["loop"] and "router.linear.weight" in keys["loop"]
 
 

@@ -35,7 +35,7 @@ EXPECTED = {
         "fit_el_separable", "fit_isoflop", "frontier_crossovers", "heldout_score", "measure_el",
         "read_chinchilla", "read_clark", "read_runs", "read_store", "read_table"},
     "moescale.model": {
-        "BACKENDS", "FeedForward", "FlopCount", "MoEConfig", "MoELayer", "ModelOutput",
+        "FeedForward", "FlopCount", "MOE_BACKENDS", "MoEConfig", "MoELayer", "ModelOutput",
         "ROUTERS", "RoutedExperts", "Router", "Transformer", "bench_moe_layer", "build_model",
         "load_balancing_loss", "measure_forward_flops", "z_loss"},
     "moescale.data": {

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from moescale.model.bench import bench_moe_layer
-from moescale.model.config import BACKENDS, ROUTERS, MoEConfig
+from moescale.model.config import MOE_BACKENDS, ROUTERS, MoEConfig
 from moescale.model.ffn import FeedForward
 from moescale.model.flops import FlopCount, measure_forward_flops
 from moescale.model.moe import MoELayer, RoutedExperts
@@ -24,7 +24,7 @@ from moescale.model.transformer import ModelOutput, Transformer
 from moescale.spec import ModelSpec
 
 __all__ = [
-    "BACKENDS",
+    "MOE_BACKENDS",
     "ROUTERS",
     "FeedForward",
     "FlopCount",

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from moescale.errors import ConfigError, check_range
 
-__all__ = ["MoEConfig", "ROUTERS", "BACKENDS"]
+__all__ = ["MoEConfig", "ROUTERS", "MOE_BACKENDS"]
 
 ROUTERS: tuple[str, ...] = ("softmax_topk", "softmax_topk_renorm", "sigmoid_topk")
-BACKENDS: tuple[str, ...] = ("auto", "loop", "grouped")
+MOE_BACKENDS: tuple[str, ...] = ("auto", "loop", "grouped")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,17 +53,19 @@ aux_free_bias_rate=0.0, capacity_factor=None, backend='auto')
     ``ceil(capacity_factor·T·K/E)`` assignments per layer call (first choices first, then
     token order); the rest are dropped (their gate contributes nothing)."""
     backend: str = "auto"
-    """Dispatch back-end: ``loop`` (readable per-expert reference), ``grouped`` (one sort,
-    contiguous per-expert segments; ``grouped_mm`` on CUDA in bf16) or ``auto`` (= grouped)."""
+    """Routed-experts back-end: ``loop`` (readable per-expert reference), ``grouped`` (one
+    sort, contiguous per-expert segments; ``grouped_mm`` on CUDA in bf16) or ``auto``, which
+    resolves to ``grouped`` (:func:`moescale.model.moe_backends.resolve_backend`)."""
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
             raise ConfigError(
                 f"'router' must be one of {', '.join(map(repr, ROUTERS))}; got {self.router!r}"
             )
-        if self.backend not in BACKENDS:
+        if self.backend not in MOE_BACKENDS:
             raise ConfigError(
-                f"'backend' must be one of {', '.join(map(repr, BACKENDS))}; got {self.backend!r}"
+                f"'backend' must be one of {', '.join(map(repr, MOE_BACKENDS))}; "
+                f"got {self.backend!r}"
             )
         check_range("routed_scaling", self.routed_scaling, low=0.0, low_inclusive=False)
         check_range("aux_loss_coef", self.aux_loss_coef, low=0.0)

@@ -18,7 +18,7 @@ from torch import nn
 
 from moescale.model.config import MoEConfig
 from moescale.model.ffn import FeedForward
-from moescale.model.moe_backends import get_backend
+from moescale.model.moe_backends import get_backend, resolve_backend
 from moescale.model.router import Router
 
 __all__ = ["MoELayer", "RoutedExperts", "apply_capacity"]
@@ -97,7 +97,8 @@ class MoELayer(nn.Module):
         self.shared_gate = (
             nn.Linear(d_model, 1, bias=False) if (n_shared and shared_expert_gate) else None
         )
-        self.dispatch = get_backend(self.cfg.backend)
+        self.backend = resolve_backend(self.cfg.backend)  # "auto" → a concrete back-end
+        self.run_experts = get_backend(self.backend)
 
     def capacity(self, n_tokens: int) -> int | None:
         """Per-expert capacity ``ceil(capacity_factor·T·K/E)``; ``None`` when dropless."""
@@ -122,7 +123,7 @@ class MoELayer(nn.Module):
         if capacity is not None:
             expert_idx = apply_capacity(expert_idx, self.n_experts, capacity)
             dropped = (expert_idx == self.n_experts).float().mean()
-        out = self.dispatch(x, expert_idx, routing.gates.to(x.dtype), self.experts)
+        out = self.run_experts(x, expert_idx, routing.gates.to(x.dtype), self.experts)
         if self.shared is not None:
             shared = self.shared(x)
             if self.shared_gate is not None:

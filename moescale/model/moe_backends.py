@@ -1,4 +1,4 @@
-"""Dispatch/combine back-ends of the routed experts (torchtitan style).
+"""Back-ends of the routed experts: dispatch, expert SwiGLUs and combine (torchtitan style).
 
 A back-end is a function ``(x [T, D], expert_idx [T, K], gates [T, K], experts) -> [T, D]``
 computing ``y_t = Σ_k gates[t, k] · Expert_{expert_idx[t, k]}(x_t)``. An ``expert_idx``
@@ -6,9 +6,9 @@ equal to E marks an assignment dropped by the capacity limit: it contributes not
 The weights live in :class:`~moescale.model.moe.RoutedExperts`, so every back-end has the
 same ``state_dict`` keys.
 
-- :func:`loop_dispatch` — the readable reference: for each expert, find its tokens,
+- :func:`loop_experts` — the readable reference: for each expert, find its tokens,
   run its SwiGLU, add the weighted output back. Kept forever to test the others against.
-- :func:`grouped_dispatch` — one stable ``argsort`` of the T·K assignments by expert gives
+- :func:`grouped_experts` — one stable ``argsort`` of the T·K assignments by expert gives
   contiguous per-expert segments. On CUDA in bf16 the segments go through
   ``torch.nn.functional.grouped_mm`` (one kernel per projection) and one ``index_add``
   scatter. Elsewhere a custom autograd function processes one segment at a time
@@ -30,12 +30,15 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from moescale.errors import ConfigError
 from moescale.model.ffn import swiglu
 
-__all__ = ["loop_dispatch", "grouped_dispatch", "get_backend", "grouped_mm_usable"]
+__all__ = [
+    "loop_experts", "grouped_experts", "resolve_backend", "get_backend", "grouped_mm_usable",
+]
 
 
-def loop_dispatch(
+def loop_experts(
     x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, experts
 ) -> torch.Tensor:
     """Reference per-expert loop (plain autograd)."""
@@ -238,7 +241,7 @@ def _grouped(x, expert_idx, gates, w_gate_up, w_down) -> torch.Tensor:
     return _SegmentSwiGLU.apply(x, gates_sorted, w_gate_up, w_down, token, bounds)
 
 
-def grouped_dispatch(
+def grouped_experts(
     x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, experts
 ) -> torch.Tensor:
     """Sorted/grouped back-end: one permutation, contiguous per-expert segments.
@@ -257,13 +260,22 @@ def grouped_dispatch(
     return _grouped(x, expert_idx, gates, w_gate_up, w_down)
 
 
-_BACKENDS: dict[str, Callable] = {
-    "loop": loop_dispatch,
-    "grouped": grouped_dispatch,
-    "auto": grouped_dispatch,
-}
+_BACKENDS: dict[str, Callable] = {"loop": loop_experts, "grouped": grouped_experts}
+
+
+def resolve_backend(name: str) -> str:
+    """The concrete back-end a :data:`~moescale.model.config.MOE_BACKENDS` name runs:
+    ``auto`` is ``grouped`` on every device (which itself picks ``grouped_mm`` on CUDA in
+    bf16 and the segment loop elsewhere); ``loop`` and ``grouped`` are themselves."""
+    if name == "auto":
+        return "grouped"
+    if name not in _BACKENDS:
+        raise ConfigError(
+            f"'backend' must be one of auto, {', '.join(_BACKENDS)}; got {name!r}"
+        )
+    return name
 
 
 def get_backend(name: str) -> Callable:
-    """The dispatch function for a :data:`~moescale.model.config.BACKENDS` name."""
-    return _BACKENDS[name]
+    """The experts function of a :data:`~moescale.model.config.MOE_BACKENDS` name."""
+    return _BACKENDS[resolve_backend(name)]
