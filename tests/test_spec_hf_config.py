@@ -251,7 +251,7 @@ def test_unknown_model_type_names_it_and_the_supported_list():
         from_hf_config({"model_type": "nosuch", "hidden_size": 8})
     with pytest.raises(ConfigError, match="no 'model_type'"):
         from_hf_config({"hidden_size": 8})
-    assert "bailing_moe_v2" in SUPPORTED_MODEL_TYPES and len(SUPPORTED_MODEL_TYPES) == 44
+    assert "bailing_moe_v2" in SUPPORTED_MODEL_TYPES and len(SUPPORTED_MODEL_TYPES) == 55
 
 
 @pytest.mark.parametrize("model_type", ["jetmoe", "longcat_flash"])

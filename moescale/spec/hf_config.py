@@ -334,6 +334,10 @@ _BASE: dict[str, Any] = {
 }
 
 
+_TIED = _bool("tie_word_embeddings", True)
+"""``tie_embeddings`` for families whose config class ties by default."""
+
+
 def _base(**changes: Any) -> dict[str, Any]:
     """The shared base table with family defaults changed (keeps the order)."""
     return {**_BASE, **changes}
@@ -557,21 +561,27 @@ def _llama4_text(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     fields.update(_moe_layout(moe, n), n_shared_experts=1, d_shared=fields["d_expert"])
     fields["d_ffn"] = r.int("intermediate_size_mlp") if len(moe) < n else r.int(
         "intermediate_size_mlp", 0, low=0)
-    # no_rope_layers[i] == 1 means layer i USES RoPE (transformers' naming).
+    fields.update(_nope_layers(r, n))
+    nope = fields["nope_layers"] or ()
+    chunk = r.int("attention_chunk_size", None)
+    chunked = _layer_types(r, n, local=_CHUNKED)
+    if chunked is None:
+        chunked = set(range(n)) - set(nope)
+    if chunk is not None and chunked:
+        fields.update(_sliding_layout(chunked, n, chunk), local_attention="chunked")
+    fields["qk_norm"] = "l2" if r.bool("use_qk_norm", True) else "none"
+    return fields
+
+
+def _nope_layers(r: _Reader, n: int) -> dict[str, Any]:
+    """NoPE layers from ``no_rope_layers`` (1 = the layer uses RoPE, transformers' naming),
+    else every ``no_rope_layer_interval``-th layer (SmolLM3, Llama 4)."""
     rope = _per_layer_flags("no_rope_layers", n, r)
     if rope is None:
         interval = r.int("no_rope_layer_interval", 4)
         rope = [(i + 1) % interval != 0 for i in range(n)]
     nope = tuple(i for i, use in enumerate(rope) if not use)
-    fields["nope_layers"] = nope or None
-    chunk = r.int("attention_chunk_size", None)
-    chunked = _layer_types(r, n, local=_CHUNKED)
-    if chunked is None:
-        chunked = {i for i, use in enumerate(rope) if use}
-    if chunk is not None and chunked:
-        fields.update(_sliding_layout(chunked, n, chunk), local_attention="chunked")
-    fields["qk_norm"] = "l2" if r.bool("use_qk_norm", True) else "none"
-    return fields
+    return {"nope_layers": nope or None}
 
 
 def _ernie_layout(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
@@ -864,13 +874,13 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3": {**_base(head_dim=_head_dim(128)), "qk_norm": "head", **_attn_bias(),
               "d_ffn": _int("intermediate_size"),
               "*window": _sliding(_qwen_window, default=4096, gated=True)},
-    "gemma": {**_base(head_dim=_head_dim(256), tie_embeddings=_bool("tie_word_embeddings", True)),
+    "gemma": {**_base(head_dim=_head_dim(256), tie_embeddings=_TIED),
               **_attn_bias(), "d_ffn": _int("intermediate_size"), "*window": _no_sliding},
-    "gemma2": {**_base(head_dim=_head_dim(256), tie_embeddings=_bool("tie_word_embeddings", True)),
+    "gemma2": {**_base(head_dim=_head_dim(256), tie_embeddings=_TIED),
                **_attn_bias(), "d_ffn": _int("intermediate_size"), "norms_per_layer": 4,
                "*window": _sliding(_even, default=4096)},
     "gemma3_text": {
-        **_base(head_dim=_head_dim(256), tie_embeddings=_bool("tie_word_embeddings", True)),
+        **_base(head_dim=_head_dim(256), tie_embeddings=_TIED),
         **_attn_bias(), "qk_norm": "head", "d_ffn": _int("intermediate_size"),
         "norms_per_layer": 4, "*window": _sliding(_pattern("sliding_window_pattern", 6),
                                                   default=4096)},
@@ -882,11 +892,11 @@ _FAMILIES: dict[str, dict[str, Any]] = {
               "*window": _sliding(_pattern("sliding_window_pattern", 4), default=4096)},
     "granite": {**_BASE, **_attn_bias(), "d_ffn": _int("intermediate_size"),
                 "ffn_bias": _bool("mlp_bias", False), "*window": _no_sliding},
-    "cohere": {**_base(tie_embeddings=_bool("tie_word_embeddings", True)), **_attn_bias(),
+    "cohere": {**_base(tie_embeddings=_TIED), **_attn_bias(),
                "qk_norm": lambda r, o: "full" if r.bool("use_qk_norm", False) else "none",
                "norm": "layer", "norms_per_layer": 1, "d_ffn": _int("intermediate_size"),
                "*window": _no_sliding},
-    "cohere2": {**_base(head_dim=_head_dim(128), tie_embeddings=_bool("tie_word_embeddings", True)),
+    "cohere2": {**_base(head_dim=_head_dim(128), tie_embeddings=_TIED),
                 **_attn_bias(), "norm": "layer", "norms_per_layer": 1,
                 "d_ffn": _int("intermediate_size"),
                 "*window": _sliding(_pattern("sliding_window_pattern", 4), default=4096)},
@@ -896,7 +906,42 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "glm4": {**_base(head_dim=_head_dim(128)), **_attn_bias(default=True, o=False),
              "d_ffn": _int("intermediate_size"), "norms_per_layer": 4,
              "rope_fraction": _partial_rope(0.5), "*window": _no_sliding},
+    "ernie4_5": {**_base(head_dim=_head_dim(128), tie_embeddings=_TIED),
+                 **_attn_bias("use_bias"), "ffn_bias": _bool("use_bias", False),
+                 "d_ffn": _int("intermediate_size"), "*window": _no_sliding},
+    "seed_oss": {**_base(head_dim=_head_dim(128)), "qkv_bias": _bool("attention_bias", True),
+                 "o_bias": _bool("attention_out_bias", False),
+                 "ffn_bias": _bool("mlp_bias", False), "d_ffn": _int("intermediate_size"),
+                 "*window": _no_sliding},
+    "internlm3": {**_base(head_dim=_head_dim(128)), **_attn_bias(),
+                  "ffn_bias": _bool("mlp_bias", False), "d_ffn": _int("intermediate_size"),
+                  "*window": _no_sliding},
+    "ministral3": {**_base(head_dim=_head_dim(128)), "d_ffn": _int("intermediate_size"),
+                   "*window": _sliding(_every_layer, default=None)},
+    "smollm3": {**_base(tie_embeddings=_TIED), **_attn_bias(),
+                "ffn_bias": _bool("mlp_bias", False), "d_ffn": _int("intermediate_size"),
+                "*nope": lambda r, o: _nope_layers(r, o["n_layers"]),
+                "*window": _sliding(_qwen_window, default=None, gated=True)},
+    "hunyuan_v1_dense": {**_BASE, "qk_norm": "head", **_attn_bias(),
+                         "d_ffn": _int("intermediate_size"), "*window": _no_sliding},
+    "starcoder2": {**_base(tie_embeddings=_TIED),
+                   **_attn_bias("use_bias", True), "norm": "layer", "norm_bias": True,
+                   "gated_ffn": False, "ffn_bias": _bool("use_bias", True),
+                   "d_ffn": _int("intermediate_size"),
+                   "*window": _sliding(_every_layer, default=None)},
+    "youtu": {**_deepseek(v3=False), "tie_embeddings": _TIED},
+    "minicpm3": {**_deepseek(v3=False), "tie_embeddings": _TIED},
     # ---- MoE
+    "flex_olmo": {**_BASE, "*routed": _routed(("num_experts",), "intermediate_size"),
+                  "qk_norm": "full", **_attn_bias(), "*window": _no_sliding},
+    "sarvam_moe": {
+        **_base(head_dim=_head_dim(64)),
+        "*routed": _routed(("n_routed_experts",), "moe_intermediate_size"),
+        "*layout": _rule_layout("first_k_dense_replace", "moe_layer_freq", 1),
+        "*shared": _shared_count("n_shared_experts", 1), "router_score_bias": True,
+        **_attn_bias(o=False),
+        "qk_norm": lambda r, o: "head" if r.bool("use_qk_norm", True) else "none",
+        "d_ffn": _dense_ffn(), "*window": _no_sliding},
     "mixtral": {**_BASE, "*routed": _routed(("num_local_experts",), "intermediate_size"),
                 "*window": _sliding(_every_layer, default=None)},
     "olmoe": {**_BASE, "*routed": _routed(("num_experts",), "intermediate_size"),
@@ -940,7 +985,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
         **_attn_bias(), "qk_norm": "head", "d_ffn": _dense_ffn(),
         "*window": _sliding(_qwen_window, default=4096, gated=True)},
     "ernie4_5_moe": {
-        **_base(tie_embeddings=_bool("tie_word_embeddings", True)),
+        **_base(tie_embeddings=_TIED),
         "*routed": _routed(("moe_num_experts",), "moe_intermediate_size", ("moe_k",)),
         "*layout": _ernie_layout, "*shared": _shared_count("moe_num_shared_experts", 2),
         "router_score_bias": True, **_attn_bias("use_bias"),
