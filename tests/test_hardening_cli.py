@@ -105,15 +105,16 @@ def test_options_a_law_does_not_take_are_refused(capsys):
     assert "'experts' does not apply to law 'fg'" in line
 
 
-def test_predict_el_huge_granularity_names_the_field():
+@pytest.mark.parametrize("G", ["1e300", "1.1754943508222875e-38"])
+def test_predict_el_extreme_granularity_names_the_field(G):
     # was a numpy RuntimeWarning and then "'compute' ... got 0.0"
     proc = subprocess.run(
         [sys.executable, "-W", "default", "-m", "moescale", "predict", "el", "-A", "0.1",
-         "-G", "1e300", "-C", "1e20"], capture_output=True, text=True, timeout=120,
+         "-G", G, "-C", "1e20"], capture_output=True, text=True, timeout=120,
         cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: 'granularity' must be a number in (0, 1e+06]; " \
-                                  "got 1e+300"
+    assert proc.stderr.strip() == "error: 'granularity' must be a number in [1e-06, 1e+06]; " \
+                                  f"got {float(G):g}"
 
 
 # --------------------------------------------------------------------- specs / train

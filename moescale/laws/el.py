@@ -41,8 +41,9 @@ EL_CONVENTIONS: dict[str, str] = {
 }
 
 GRANULARITY_MAX = 1e6
-"""Largest granularity the EL law evaluates (G = 2·d_model/d_expert: d_model ≤ 5e5 with
-d_expert ≥ 1); the fitted grid is G ∈ [2, 16]."""
+"""Largest granularity the EL law evaluates, and 1/GRANULARITY_MAX the smallest (G =
+2·d_model/d_expert; log2 G beyond ±20 overflows the crossover in float64); the fitted
+grid is G ∈ [2, 16]."""
 
 EL_FIT_THRESHOLD = 6.0
 """[EL] fitted Eq. 13 on points with EL < 6 and held out EL >= 6 for validation (LAWS.md §3)."""
@@ -128,7 +129,12 @@ class ELLaw(Law):
         if G is not None:
             # G = 2·d_model/d_expert; beyond GRANULARITY_MAX the quadratic in log2 G
             # overflows float64 in the crossover (and no buildable model gets there)
-            out.append(check_positive("granularity", G, high=GRANULARITY_MAX))
+            g = check_positive("granularity", G)
+            bad = (g < 1 / GRANULARITY_MAX) | (g > GRANULARITY_MAX)
+            if np.any(bad):
+                raise ConfigError(f"'granularity' must be a number in [{1 / GRANULARITY_MAX:g}, "
+                                  f"{GRANULARITY_MAX:g}]; got {float(g[bad].flat[0]):g}")
+            out.append(g)
         if C is not None:
             out.append(check_positive("compute", C))
         return tuple(out)
