@@ -262,3 +262,15 @@ def test_eval_blocks_follow_the_sample_and_shard_over_ranks(ds):
         assert torch.equal(torch.cat([shards[0][b][0], shards[1][b][0]]), blocks[b][0])
     with pytest.raises(ConfigError, match="multiple of world_size 3"):
         next(ds.iter_eval_blocks(sample, 8, world_size=3))
+
+
+def test_val_batches_within_a_sample_are_a_spread_subset_of_it(ds):
+    sample = ds.eval_sample(16, max_tokens=16 * 40, multiple_of=4)
+    batches = ds.val_batches(2, 8, 16, within=sample)
+    val = torch.from_numpy(np.array(ds._arrays["val"], dtype=np.int64))
+    starts = {int(w) * 16 for w in sample.windows}
+    rows = torch.cat([x for x, _ in batches])
+    picked = [s for s in sorted(starts) if any(torch.equal(r, val[s : s + 16]) for r in rows)]
+    assert len(picked) == 16  # every row is one of the sample's windows
+    with pytest.raises(DataError, match="40 windows"):
+        ds.val_batches(6, 8, 16, within=sample)

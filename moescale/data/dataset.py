@@ -283,11 +283,13 @@ class TokenDataset:
         *,
         rank: int = 0,
         world_size: int = 1,
+        within: EvalSample | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed validation set: ``n_batches`` batches of non-overlapping windows spread
-        evenly over the validation stream (same for every seed and run).
+        evenly over the validation stream (same for every seed and run), or over the
+        windows of ``within`` (an :meth:`eval_sample`, so a subset of it).
 
-        Raises :class:`DataError` if the validation split holds fewer than
+        Raises :class:`DataError` if the validation split (or ``within``) holds fewer than
         ``n_batches * batch_size`` windows. Rank sharding as in :meth:`batch`.
         """
         n_batches = _check_int("n_batches", n_batches, 1)
@@ -301,7 +303,10 @@ class TokenDataset:
             raise ConfigError(
                 f"'batch_size' must be a multiple of world_size {world_size}; got {batch_size}"
             )
-        n_win = self.n_windows(seq_len, "val")
+        if within is not None and within.seq_len != seq_len:
+            raise ConfigError(f"'within' is a sample at seq_len {within.seq_len}, not {seq_len}")
+        pool = within.windows if within is not None else None
+        n_win = self.n_windows(seq_len, "val") if pool is None else len(pool)
         need = n_batches * batch_size
         if need > n_win:
             raise DataError(
@@ -310,6 +315,8 @@ class TokenDataset:
                 "ask for fewer validation batches or raise val_fraction"
             )
         windows = (np.arange(need, dtype=np.int64) * n_win) // need
+        if pool is not None:
+            windows = pool[windows]
         per_rank = batch_size // world_size
         out = []
         for b in range(n_batches):

@@ -29,6 +29,7 @@ __all__ = [
     "build_training_model",
     "build_optimizer",
     "build_training",
+    "eval_block_windows",
 ]
 
 
@@ -129,7 +130,10 @@ def _tokenizer_name(spec: ModelSpec, config: TrainConfig) -> str:
 def open_training_data(spec: ModelSpec, config: TrainConfig, plan: TrainPlan, ctx):
     """Open the token cache (rank 0 builds it first), check it covers the run.
 
-    Returns the dataset and this rank's fixed validation batches. Raises
+    Returns the dataset, this rank's fixed periodic-evaluation batches (a subset of the
+    final evaluation's sample, spread over it) and that sample
+    (:meth:`~moescale.data.TokenDataset.eval_sample`: ``eval_tokens`` drawn by document, in
+    whole blocks of :func:`eval_block_windows`). Raises
     :class:`DataError` if the corpus is too small for ``plan.tokens`` within
     ``config.epochs`` (the message suggests ``--epochs``) and :class:`ConfigError`
     if the tokenizer's vocabulary does not fit the spec's ``vocab_size``.
@@ -166,17 +170,26 @@ def open_training_data(spec: ModelSpec, config: TrainConfig, plan: TrainPlan, ct
             f"({ds.tokenizer_id}); got {spec.vocab_size}"
         )
     ds.require_tokens(plan.tokens, plan.seq_len, epochs=config.epochs)
+    block = eval_block_windows(config, ctx.world_size)
+    sample = ds.eval_sample(plan.seq_len, config.eval_tokens, multiple_of=block)
     val_batch = plan.micro_batch_size * ctx.world_size
-    n_val = ds.n_windows(plan.seq_len, "val")
-    n_batches = min(config.eval_batches, n_val // val_batch)
+    n_batches = min(config.eval_batches, len(sample.windows) // val_batch)
     if n_batches < 1:
         raise DataError(
-            f"validation split too small: {n_val} windows of seq_len {plan.seq_len}, "
-            f"one evaluation batch needs {val_batch}; raise --val-fraction or lower the batch"
+            f"validation sample too small: {len(sample.windows)} windows of seq_len "
+            f"{plan.seq_len}, one evaluation batch needs {val_batch}; raise --eval-tokens "
+            "or --val-fraction, or lower the batch"
         )
     val = ds.val_batches(n_batches, val_batch, plan.seq_len, rank=ctx.rank,
-                         world_size=ctx.world_size)
-    return ds, val
+                         world_size=ctx.world_size, within=sample)
+    return ds, val, sample
+
+
+def eval_block_windows(config: TrainConfig, world_size: int) -> int:
+    """Windows per final-evaluation block: ``eval_block_tokens`` in whole sequences (at
+    least one), rounded up to a multiple of the ranks (each evaluates an equal share)."""
+    n = max(1, config.eval_block_tokens // config.seq_len)
+    return -(-n // world_size) * world_size
 
 
 def build_training_model(spec: ModelSpec, config: TrainConfig, ctx, runtime: Runtime):

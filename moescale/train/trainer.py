@@ -52,7 +52,12 @@ from moescale.train.resources import check_budget, check_memory, estimate_memory
 from moescale.train.run_log import MetricsLog, ProgressBar, tensorboard_writer
 from moescale.train.rundir import claim_run_dir, inspect_run_dir
 from moescale.train.schedule import lr_at
-from moescale.train.setup import build_training, open_training_data, runtime_settings
+from moescale.train.setup import (
+    build_training,
+    eval_block_windows,
+    open_training_data,
+    runtime_settings,
+)
 from moescale.train.sharded import load_sharded, save_sharded
 from moescale.train.step import StepResult, eval_losses, train_step
 from moescale.train.throughput import gemm_peak_flops
@@ -165,12 +170,9 @@ class _Run:
         if not ignore_memory_check:
             check_memory(self.memory, str(ctx.device), ranks_here=ctx.local_world_size)
         self.progress_enabled = progress
-        self.data, self.val = open_training_data(spec, config, self.plan, ctx)
+        self.data, self.val, self.eval_sample = open_training_data(spec, config, self.plan, ctx)
+        self.block_windows = eval_block_windows(config, ctx.world_size)
         self.parts = build_training(spec, config, ctx, self.runtime)
-        self.block_windows = _block_windows(config.eval_block_tokens, config.seq_len,
-                                            ctx.world_size)
-        self.eval_sample = self.data.eval_sample(config.seq_len, config.eval_tokens,
-                                                 multiple_of=self.block_windows)
         self.metrics = MetricsLog(out / METRICS_NAME, enabled=ctx.is_main)
         self.start_step = 0
         self.wall_prev = 0.0
@@ -490,13 +492,6 @@ def _claimed(out: Path, ctx: parallel.DistContext):
         if failed is not None:
             raise ConfigError(failed)
         yield
-
-
-def _block_windows(block_tokens: int, seq_len: int, world_size: int) -> int:
-    """Windows per final-evaluation block: ``block_tokens`` in whole sequences (at least
-    one), rounded up to a multiple of the ranks (each rank evaluates an equal share)."""
-    n = max(1, block_tokens // seq_len)
-    return -(-n // world_size) * world_size
 
 
 def _agree(flag: bool, ctx: parallel.DistContext) -> bool:
