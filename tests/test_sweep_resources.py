@@ -115,10 +115,10 @@ def test_local_gpu_count_reads_cuda_visible_devices(monkeypatch):
 
 
 def test_torchrun_command_line():
-    cmd = torchrun_command(4, "/runs/k/sweep_payload.json")
+    cmd = torchrun_command(4, "/runs/k.launch/payload.json")
     assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc-per-node", "4", "-m", "moescale.sweep.launch",
-                   "/runs/k/sweep_payload.json"]
+                   "/runs/k.launch/payload.json"]
 
 
 class _FailingRay:

@@ -433,7 +433,10 @@ def _run_ray(payloads, store, cap, threads, address, run_fn, record, say, todo, 
         gpus, cpus, nodes = _cluster_capacity(ray)
         needs = _resolve(todo, resources, threads, gpus, cpus, "the Ray cluster")
         _check_shared_runs(ray, store.runs_dir, nodes)
-        task = ray.remote(_ray_execute)
+        # a GPU run gets a fresh worker process (CUDA fixes a process's devices when it
+        # starts; Ray recycles GPU workers only for tasks declared with num_gpus up front)
+        cpu_task = ray.remote(_ray_execute)
+        gpu_task = ray.remote(max_calls=1)(_ray_execute)
         queue = list(payloads)
         running: dict[Any, dict[str, Any]] = {}
         while queue or running:
@@ -446,6 +449,7 @@ def _run_ray(payloads, store, cap, threads, address, run_fn, record, say, todo, 
                 # is shown none, so "auto" cannot wander onto a GPU no task reserved
                 where = {"threads": res.cpus, "nproc": res.nproc,
                          "cuda_visible_devices": None if res.gpus else ""}
+                task = gpu_task if res.gpus else cpu_task
                 ref = task.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(
                     p, run_fn, where)
                 running[ref] = p

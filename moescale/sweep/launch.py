@@ -6,7 +6,7 @@ pool's assignment; on Ray, Ray's own), then trains through
 :func:`moescale.sweep.runner.execute_payload`. A run with ``nproc`` > 1 is launched as
 
     python -m torch.distributed.run --standalone --nproc-per-node N \
-        -m moescale.sweep.launch RUN_DIR/sweep_payload.json
+        -m moescale.sweep.launch RUN_DIR.launch/payload.json
 
 (every rank calls the same ``train`` as a single-process run; ``moescale train`` under
 torchrun is the same code path, but a sweep payload carries the exact
@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,11 +30,19 @@ from typing import Any
 
 from moescale.sweep.runner import RunFn, execute_payload, train_run
 
-__all__ = ["run_placed", "torchrun_command", "PAYLOAD_NAME", "RETURN_NAME", "LOG_NAME"]
+__all__ = ["run_placed", "torchrun_command", "launch_dir", "PAYLOAD_NAME", "RETURN_NAME",
+           "LOG_NAME"]
 
-PAYLOAD_NAME = "sweep_payload.json"
-RETURN_NAME = "sweep_return.json"
+PAYLOAD_NAME = "payload.json"
+RETURN_NAME = "return.json"
 LOG_NAME = "torchrun.log"
+
+
+def launch_dir(out_dir: str | os.PathLike) -> Path:
+    """``RUN_DIR.launch/``: the torchrun payload, rank 0's return value and torchrun's log.
+    Beside the run folder, not in it: the trainer accepts only its own files there."""
+    out = Path(out_dir)
+    return out.with_name(out.name + ".launch")
 
 
 def torchrun_command(nproc: int, payload_file: str | os.PathLike) -> list[str]:
@@ -66,9 +75,9 @@ def _torchrun(payload: dict[str, Any], nproc: int, run_fn: RunFn | None) -> dict
     """Run ``payload`` under torchrun with ``nproc`` ranks; return rank 0's return value."""
     from moescale.spec.io import atomic_write
 
-    out = Path(payload["out_dir"])
-    for stale in (out / RETURN_NAME,):
-        stale.unlink(missing_ok=True)
+    out = launch_dir(payload["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RETURN_NAME).unlink(missing_ok=True)
     payload_file = out / PAYLOAD_NAME
     atomic_write(payload_file, json.dumps({**payload, "run_fn": _fn_name(run_fn)}) + "\n")
     cmd = torchrun_command(nproc, payload_file)
@@ -79,10 +88,18 @@ def _torchrun(payload: dict[str, Any], nproc: int, run_fn: RunFn | None) -> dict
                             ).returncode
     ret = out / RETURN_NAME
     if rc != 0 or not ret.is_file():
-        tail = (out / LOG_NAME).read_text(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"torchrun with {nproc} processes exited with code {rc} "
-                           f"(log: {out / LOG_NAME}): " + " | ".join(tail))
+        raise RuntimeError(f"torchrun with {nproc} processes exited with code {rc}: "
+                           f"{_first_error(out / LOG_NAME)} (log: {out / LOG_NAME})")
     return json.loads(ret.read_text())
+
+
+def _first_error(log: Path) -> str:
+    """The first exception line a rank printed (``ConfigError: ...``), else the last line."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    for ln in lines:
+        if re.match(r"^[\w.]+(Error|Exception)\b.*:", ln) and "elastic" not in ln:
+            return ln
+    return lines[-1] if lines else "no output"
 
 
 def run_placed(payload: dict[str, Any], run_fn: RunFn | None,
@@ -133,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = json.loads(Path(args[0]).read_text())
     out = _load_fn(payload.pop("run_fn", None))(payload)
     if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write(Path(payload["out_dir"]) / RETURN_NAME, json.dumps(out) + "\n")
+        atomic_write(launch_dir(payload["out_dir"]) / RETURN_NAME, json.dumps(out) + "\n")
     return 0
 
 
