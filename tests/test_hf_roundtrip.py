@@ -366,3 +366,27 @@ def test_sparse_nested_text_config_takes_the_text_class_defaults():
     spec = from_hf_config({"model_type": "gemma3", "text_config": sparse})
     assert (spec.n_heads, spec.n_kv_heads, spec.vocab_size) == (8, 4, 262208)
     assert count_params(spec).total == meta_param_groups(sparse)["total"]
+
+
+# Default configs of these classes leave a required size unset (None) or inconsistent.
+NO_DEFAULT_MODEL = {"deepseek_v2", "dots1", "glm4_moe"}
+
+
+@pytest.mark.parametrize("model_type", sorted(
+    set(FAMILIES) - NO_DEFAULT_MODEL))
+def test_absent_keys_take_the_config_class_defaults(model_type):
+    """Hub files omit keys equal to the class default: dropping any one key from the class's
+    full default config must read the same spec (or fail naming a required key)."""
+    from moescale.errors import ConfigError
+
+    full = json.loads(transformers.AutoConfig.for_model(model_type, pad_token_id=None)
+                      .to_json_string(use_diff=False))
+    ref = from_hf_config(full).replace(name="", extra={})
+    for key in sorted(set(full) - {"model_type"}):
+        cut = {k: v for k, v in full.items() if k != key}
+        try:
+            spec = from_hf_config(cut)
+        except ConfigError as exc:
+            assert "missing required field" in str(exc), (key, str(exc))
+            continue
+        assert spec.replace(name="", extra={}) == ref, key

@@ -230,7 +230,8 @@ def test_deepseek_layout_rule():
 
 def test_sliding_window_defaults_and_nulls():
     mistral = {"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "vocab_size": 100, "intermediate_size": 96}
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+               "intermediate_size": 96}
     # Mistral-7B-v0.1: the class default 4096 on every layer; v0.3 writes null (none)
     absent = from_hf_config(mistral)
     assert (absent.sliding_window, absent.sliding_every) == (4096, 0)

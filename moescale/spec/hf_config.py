@@ -713,7 +713,8 @@ def _nemotron_h(r: _Reader, out: dict[str, Any]) -> dict[str, Any]:
     types = r.cfg.get("layers_block_type", r.cfg.get("layer_types"))
     key = "layers_block_type"
     if types is None:
-        types, key = r.cfg.get("hybrid_override_pattern", "M*-E"), "hybrid_override_pattern"
+        # the config class's default layout
+        types, key = r.cfg.get("hybrid_override_pattern", "ME*-"), "hybrid_override_pattern"
     if isinstance(types, str):
         types = list(types)
     if not isinstance(types, list) or not types or not all(
@@ -1041,15 +1042,50 @@ _FAMILIES: dict[str, dict[str, Any]] = {
 
 # Multimodal wrappers whose language model is a supported family in ``text_config``.
 _TEXT_CONFIG: dict[str, str] = {"llama4": "llama4_text", "gemma3": "gemma3_text"}
-# Hub files written by older transformers keep only non-default keys in a nested
-# text_config; these are the text config classes' defaults of the keys read as required.
-_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+# Config-class defaults of keys whose absence would otherwise be read differently from
+# transformers (hub files omit keys equal to the class default; an explicit null still
+# means null). Nested text_configs of older hub files are sparse, hence the sizes of
+# gemma3_text / llama4_text. Checked by tests/test_hf_roundtrip.py (absent keys).
+_KV = "num_key_value_heads"
+_CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma3_text": {"hidden_size": 2304, "num_hidden_layers": 26, "num_attention_heads": 8,
-                    "num_key_value_heads": 4, "vocab_size": 262208, "intermediate_size": 9216},
+                    _KV: 4, "vocab_size": 262208, "intermediate_size": 9216},
     "llama4_text": {"hidden_size": 5120, "num_hidden_layers": 48, "num_attention_heads": 40,
-                    "num_key_value_heads": 8, "vocab_size": 202048, "intermediate_size": 8192,
-                    "num_local_experts": 16, "num_experts_per_tok": 1},
+                    _KV: 8, "vocab_size": 202048, "intermediate_size": 8192,
+                    "num_local_experts": 16, "num_experts_per_tok": 1,
+                    "intermediate_size_mlp": 16384, "attention_chunk_size": 8192,
+                    "rope_theta": 500000.0},
+    "deepseek_v2": {"q_lora_rank": 1536},
+    "deepseek_v3": {"q_lora_rank": 1536, "n_shared_experts": 1, "num_nextn_predict_layers": 1},
+    "minicpm3": {"q_lora_rank": 768},
+    "youtu": {"q_lora_rank": 1536},
+    "falcon_h1": {_KV: 8, "mamba_d_ssm": 1024},
+    "bamba": {_KV: 8}, "gemma2": {_KV: 4}, "glm": {_KV: 2}, "glm4": {_KV: 2},
+    "internlm3": {_KV: 2}, "jamba": {_KV: 8}, "mistral": {_KV: 8}, "nemotron_h": {_KV: 8},
+    "qwen2_moe": {"intermediate_size": 5632},
+    "qwen3_moe": {_KV: 4, "intermediate_size": 6144},
+    "qwen3_next": {_KV: 2, "intermediate_size": 5632}, "seed_oss": {_KV: 8},
+    "starcoder2": {_KV: 2},
+    "ernie4_5": {_KV: 2, "rope_theta": 500000.0},
+    "ernie4_5_moe": {_KV: 4, "rope_theta": 500000.0},
+    "gpt_oss": {_KV: 8, "rope_theta": 150000.0},
+    "minimax": {_KV: 8, "rope_theta": 1e6}, "minimax_m2": {_KV: 8, "rope_theta": 5e6},
+    "ministral3": {_KV: 8, "rope_theta": 1e6}, "mixtral": {_KV: 8, "rope_theta": 1e6},
+    "phimoe": {_KV: 8, "rope_theta": 1e6}, "sarvam_moe": {_KV: 4, "rope_theta": 8e6},
+    "smollm3": {_KV: 4, "rope_theta": 2e6},
+    "cohere": {"rope_theta": 500000.0}, "flex_olmo": {"rope_theta": 500000.0},
 }
+
+
+def _with_class_defaults(cfg: dict[str, Any], family: str) -> dict[str, Any]:
+    """``cfg`` with the family's class defaults filled in where a key is absent (a RoPE
+    base given inside ``rope_parameters`` counts as present)."""
+    defaults = dict(_CLASS_DEFAULTS.get(family, {}))
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict) and rope.get("rope_theta") is not None:
+        defaults.pop("rope_theta", None)
+    return {**defaults, **cfg}
+
 
 # transformers architecture class -> model_type, for remote-code aliases (kimi_k2).
 _ARCHITECTURES: dict[str, str] = {
@@ -1149,11 +1185,11 @@ def from_hf_config(cfg: dict[str, Any], *, name: str = "", source: str = "") -> 
                 f"(JSON object); got {text!r}"
             )
         family = _TEXT_CONFIG[family]
-        text = {**_TEXT_DEFAULTS[family], **text}
         extra["note"] = "language model only (text_config); vision encoder not counted"
     extra["family"] = family
     if family == "qwen2_moe":
         extra["shared_expert_intermediate_size"] = text.get("shared_expert_intermediate_size")
+    text = _with_class_defaults(text, family)
     fields = _read_table(_Reader(text, str(model_type)), _FAMILIES[family])
     try:
         return ModelSpec(name=name or str(cfg.get("_name_or_path", "")), extra=extra, **fields)
