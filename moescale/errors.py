@@ -8,7 +8,11 @@ exit code 2; library users catch them like any ``ValueError``.
 
 from __future__ import annotations
 
-__all__ = ["MoescaleError", "ConfigError", "DataError", "NotFittedError", "check_range"]
+from collections.abc import Iterable
+
+__all__ = [
+    "MoescaleError", "ConfigError", "DataError", "NotFittedError", "check_keys", "check_range",
+]
 
 
 class MoescaleError(ValueError):
@@ -25,6 +29,22 @@ class DataError(MoescaleError):
 
 class NotFittedError(MoescaleError, AttributeError):
     """``predict`` (or a fitted attribute) was used before ``fit``."""
+
+
+def check_keys(data: Iterable[str], allowed: Iterable[str], what: str) -> None:
+    """Raise :class:`ConfigError` naming the keys of ``data`` not in ``allowed``, and those allowed.
+
+    ``what`` names one key in the message, e.g. ``"train option"``.
+
+    >>> check_keys({"top_k": 2}, ("top_k", "n_experts"), "MoE option")
+    """
+    allowed = set(allowed)
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown {what}(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def check_range(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moescale.errors import ConfigError, check_range
+from moescale.errors import ConfigError, check_keys, check_range
 
 __all__ = ["MoEConfig", "ROUTERS", "MOE_BACKENDS"]
 
@@ -77,11 +77,5 @@ aux_free_bias_rate=0.0, capacity_factor=None, backend='auto')
     @classmethod
     def from_dict(cls, data: dict) -> MoEConfig:
         """Build from a dict; unknown keys are a :class:`ConfigError` naming them."""
-        names = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown MoE option(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(names))}"
-            )
+        check_keys(data, cls.__dataclass_fields__, "MoE option")
         return cls(**data)

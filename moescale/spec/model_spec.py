@@ -35,7 +35,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from moescale.errors import ConfigError, check_range
+from moescale.errors import ConfigError, check_keys, check_range
 
 __all__ = ["ModelSpec", "SPEC_SCHEMA_VERSION", "MAX_LAYERS", "MAX_SIZE"]
 
@@ -537,13 +537,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """Build from a dict; unknown keys are a :class:`ConfigError` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown spec field(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(names))}"
-            )
+        check_keys(data, (f.name for f in dataclasses.fields(cls)), "spec field")
         required = [
             f.name for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from moescale.errors import ConfigError, check_range
+from moescale.errors import ConfigError, check_keys, check_range
 from moescale.model.config import MoEConfig
 from moescale.spec.accounting import flops_per_token
 from moescale.spec.model_spec import ModelSpec
@@ -274,13 +274,7 @@ class TrainConfig:
         with a :class:`FutureWarning` (:func:`upgrade_train_dict`).
         """
         data = upgrade_train_dict(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown train option(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(names))}"
-            )
+        check_keys(data, (f.name for f in dataclasses.fields(cls)), "train option")
         try:
             return cls(**data)
         except TypeError as exc:
