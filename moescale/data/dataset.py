@@ -77,6 +77,24 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
+def _check_shard(
+    batch_size: Any, seq_len: Any, rank: Any, world_size: Any
+) -> tuple[int, int, int, int]:
+    """Checked ``(batch_size, seq_len, rank, per_rank)`` of a global batch split over
+    ``world_size`` ranks (``per_rank = batch_size // world_size``, an exact division)."""
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seq_len = _check_int("seq_len", seq_len, 1)
+    world_size = _check_int("world_size", world_size, 1)
+    rank = _check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ConfigError(f"'rank' must be an int in [0, {world_size - 1}]; got {rank}")
+    if batch_size % world_size:
+        raise ConfigError(
+            f"'batch_size' must be a multiple of world_size {world_size}; got {batch_size}"
+        )
+    return batch_size, seq_len, rank, batch_size // world_size
+
+
 class TokenDataset:
     """Train/validation token streams with deterministic, shardable batches.
 
@@ -240,24 +258,14 @@ class TokenDataset:
         x, y : torch.LongTensor of shape ``(batch_size // world_size, seq_len)``
         """
         step = _check_int("step", step, 0)
-        batch_size = _check_int("batch_size", batch_size, 1)
-        seq_len = _check_int("seq_len", seq_len, 1)
-        world_size = _check_int("world_size", world_size, 1)
-        rank = _check_int("rank", rank, 0)
+        batch_size, seq_len, rank, per_rank = _check_shard(batch_size, seq_len, rank, world_size)
         seed = _check_int("seed", seed, 0)
-        if rank >= world_size:
-            raise ConfigError(f"'rank' must be an int in [0, {world_size - 1}]; got {rank}")
-        if batch_size % world_size:
-            raise ConfigError(
-                f"'batch_size' must be a multiple of world_size {world_size}; got {batch_size}"
-            )
         n_win = self.n_windows(seq_len, split)
         if n_win == 0:
             raise DataError(
                 f"the {split} split has {self._array(split).shape[0]} tokens, fewer than one "
                 f"sequence of seq_len {seq_len} + 1"
             )
-        per_rank = batch_size // world_size
         g = step * batch_size + rank * per_rank + np.arange(per_rank, dtype=np.int64)
         epochs, pos = np.divmod(g, n_win)
         windows = np.empty(per_rank, dtype=np.int64)
@@ -293,16 +301,7 @@ class TokenDataset:
         ``n_batches * batch_size`` windows. Rank sharding as in :meth:`batch`.
         """
         n_batches = _check_int("n_batches", n_batches, 1)
-        batch_size = _check_int("batch_size", batch_size, 1)
-        seq_len = _check_int("seq_len", seq_len, 1)
-        world_size = _check_int("world_size", world_size, 1)
-        rank = _check_int("rank", rank, 0)
-        if rank >= world_size:
-            raise ConfigError(f"'rank' must be an int in [0, {world_size - 1}]; got {rank}")
-        if batch_size % world_size:
-            raise ConfigError(
-                f"'batch_size' must be a multiple of world_size {world_size}; got {batch_size}"
-            )
+        batch_size, seq_len, rank, per_rank = _check_shard(batch_size, seq_len, rank, world_size)
         if within is not None and within.seq_len != seq_len:
             raise ConfigError(f"'within' is a sample at seq_len {within.seq_len}, not {seq_len}")
         pool = within.windows if within is not None else None
@@ -317,7 +316,6 @@ class TokenDataset:
         windows = (np.arange(need, dtype=np.int64) * n_win) // need
         if pool is not None:
             windows = pool[windows]
-        per_rank = batch_size // world_size
         out = []
         for b in range(n_batches):
             lo = b * batch_size + rank * per_rank
