@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,40 @@ def _jsonl_reader(text_field: str) -> Reader:
     return read
 
 
-def _count_jsonl_records(path: Path) -> int:
+def _count_jsonl_records(path: Path, text_field: str, rel: str) -> int:
+    """Non-blank lines of ``path`` (records are parsed, and checked, only when read)."""
     n = 0
     with open(path, "rb") as fh:
         for line in fh:
             if line.strip():
                 n += 1
     return n
+
+
+def _row_corpus(
+    root: Path,
+    files: list[Path],
+    *,
+    name: str,
+    kind: str,
+    field: tuple[str, str],
+    reader: Reader,
+    count: Callable[[Path, str, str], int],
+) -> Corpus:
+    """The :class:`Corpus` of row-format ``files`` under ``root``: one document per row,
+    ``count(path, column, rel)`` rows per file, text in ``field = (option name, value)``."""
+    entries = _entries(root, files)
+    option, column = field
+    corpus = Corpus(
+        name=name,
+        kind=kind,
+        root=root,
+        files=entries,
+        options={option: column},
+        n_docs=sum(count(root / e.path, column, e.path) for e in entries),
+        reader=reader,
+    )
+    return _check_nonempty(corpus)
 
 
 def jsonl_corpus(
@@ -85,36 +112,32 @@ def jsonl_corpus(
     """
     p = _existing(path, "JSONL corpus")
     root, files = _files_under(p, pattern, "JSONL folder")
-    entries = _entries(root, files)
     reader = _jsonl_reader(text_field)
     # Fail early (naming the file and line) if the text field is missing: check the first record.
-    for e in entries:
-        if e.size:
-            next(iter(reader(root / e.path, e.path)), None)
+    for f in files:
+        if f.stat().st_size:
+            next(iter(reader(f, f.relative_to(root).as_posix())), None)
             break
-    corpus = Corpus(
-        name=name or p.stem,
-        kind="jsonl",
-        root=root,
-        files=entries,
-        options={"text_field": text_field},
-        n_docs=sum(_count_jsonl_records(root / e.path) for e in entries),
-        reader=reader,
-    )
-    return _check_nonempty(corpus)
+    return _row_corpus(root, files, name=name or p.stem, kind="jsonl",
+                       field=("text_field", text_field), reader=reader,
+                       count=_count_jsonl_records)
 
 
 # ---------------------------------------------------------------------------- arrow / parquet
+
+
+def _require_column(names: list[str], column: str, rel: str) -> None:
+    if column not in names:
+        raise DataError(
+            f"{rel} has no text column {column!r} (columns: {names}); choose it with column"
+        )
 
 
 def _column_texts(table_batches: Iterator[Any], column: str, rel: str) -> Iterator[bytes]:
     row = 0
     for batch in table_batches:
         names = batch.schema.names
-        if column not in names:
-            raise DataError(
-                f"{rel} has no text column {column!r} (columns: {names}); choose it with column"
-            )
+        _require_column(names, column, rel)
         for value in batch.column(names.index(column)).to_pylist():
             if value is None:
                 value = ""
@@ -122,23 +145,29 @@ def _column_texts(table_batches: Iterator[Any], column: str, rel: str) -> Iterat
             row += 1
 
 
+def _open_parquet(path: Path, column: str, rel: str) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` for ``path`` whose schema holds ``column``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read Parquet file {path}: {exc}") from None
+    _require_column(pf.schema_arrow.names, column, rel)
+    return pf
+
+
 def _parquet_reader(column: str) -> Reader:
     def read(path: Path, rel: str) -> Iterator[bytes]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read Parquet file {path}: {exc}") from None
-        if column not in pf.schema_arrow.names:
-            raise DataError(
-                f"{rel} has no text column {column!r} (columns: {pf.schema_arrow.names}); "
-                "choose it with column"
-            )
+        pf = _open_parquet(path, column, rel)
         yield from _column_texts(pf.iter_batches(columns=[column], batch_size=4096), column, rel)
 
     return read
+
+
+def _count_parquet_rows(path: Path, column: str, rel: str) -> int:
+    return _open_parquet(path, column, rel).metadata.num_rows
 
 
 def parquet_corpus(
@@ -149,65 +178,45 @@ def parquet_corpus(
     name: str | None = None,
 ) -> Corpus:
     """A corpus with one document per row of the string ``column`` of Parquet file(s)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     p = _existing(path, "Parquet corpus")
     root, files = _files_under(p, pattern, "Parquet folder")
-    entries = _entries(root, files)
-    n_rows = 0
-    for e in entries:
-        try:
-            pf = pq.ParquetFile(root / e.path)
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read Parquet file {root / e.path}: {exc}") from None
-        if column not in pf.schema_arrow.names:
-            raise DataError(
-                f"{e.path} has no text column {column!r} (columns: {pf.schema_arrow.names}); "
-                "choose it with column"
-            )
-        n_rows += pf.metadata.num_rows
-    corpus = Corpus(
-        name=name or p.stem,
-        kind="parquet",
-        root=root,
-        files=entries,
-        options={"column": column},
-        n_docs=n_rows,
-        reader=_parquet_reader(column),
-    )
-    return _check_nonempty(corpus)
+    return _row_corpus(root, files, name=name or p.stem, kind="parquet",
+                       field=("column", column), reader=_parquet_reader(column),
+                       count=_count_parquet_rows)
 
 
-def _open_arrow(path: Path) -> Any:
-    """An Arrow IPC reader for ``path``: stream format (``save_to_disk``) or file format."""
+def _open_arrow(path: Path, column: str, rel: str) -> Any:
+    """An Arrow IPC reader for ``path`` (stream format, as ``save_to_disk`` writes, or file
+    format) whose schema holds ``column``."""
     import pyarrow as pa
 
     try:
-        return pa.ipc.open_stream(pa.memory_map(str(path)))
+        reader = pa.ipc.open_stream(pa.memory_map(str(path)))
     except (OSError, pa.ArrowException):
-        pass
-    try:
-        return pa.ipc.open_file(pa.memory_map(str(path)))
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"cannot read Arrow file {path}: {exc}") from None
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"cannot read Arrow file {path}: {exc}") from None
+    _require_column(reader.schema.names, column, rel)
+    return reader
+
+
+def _arrow_batches(reader: Any) -> Iterator[Any]:
+    """The record batches of an Arrow IPC file or stream reader (memory-mapped, no copy)."""
+    if hasattr(reader, "num_record_batches"):
+        return (reader.get_batch(i) for i in range(reader.num_record_batches))
+    return iter(reader)
 
 
 def _arrow_reader(column: str) -> Reader:
     def read(path: Path, rel: str) -> Iterator[bytes]:
-        reader = _open_arrow(path)
-        if column not in reader.schema.names:
-            raise DataError(
-                f"{rel} has no text column {column!r} (columns: {reader.schema.names}); "
-                "choose it with column"
-            )
-        if hasattr(reader, "num_record_batches"):
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        else:
-            batches = iter(reader)
-        yield from _column_texts(batches, column, rel)
+        yield from _column_texts(_arrow_batches(_open_arrow(path, column, rel)), column, rel)
 
     return read
+
+
+def _count_arrow_rows(path: Path, column: str, rel: str) -> int:
+    return sum(batch.num_rows for batch in _arrow_batches(_open_arrow(path, column, rel)))
 
 
 def _hf_arrow_files(folder: Path, split: str | None) -> tuple[Path, list[Path]]:
@@ -267,26 +276,6 @@ def hf_disk_corpus(
     if not p.is_dir():
         raise DataError(f"Hugging Face dataset path {p} must be a folder written by save_to_disk")
     folder, files = _hf_arrow_files(p, split)
-    entries = _entries(folder, files)
-    n_rows = 0
-    for f in files:
-        reader = _open_arrow(f)
-        if column not in reader.schema.names:
-            raise DataError(
-                f"{f.name} has no text column {column!r} (columns: {reader.schema.names}); "
-                "choose it with column"
-            )
-        if hasattr(reader, "num_record_batches"):
-            n_rows += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-        else:
-            n_rows += sum(batch.num_rows for batch in reader)  # memory-mapped, no copy
-    corpus = Corpus(
-        name=name or p.name,
-        kind="hf_disk",
-        root=folder,
-        files=entries,
-        options={"column": column},
-        n_docs=n_rows,
-        reader=_arrow_reader(column),
-    )
-    return _check_nonempty(corpus)
+    return _row_corpus(folder, files, name=name or p.name, kind="hf_disk",
+                       field=("column", column), reader=_arrow_reader(column),
+                       count=_count_arrow_rows)
