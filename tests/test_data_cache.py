@@ -162,6 +162,13 @@ def test_cache_counts_and_content(tmp_path):
     assert ds.meta["manifest"]["corpus_hash"] == c.hash == ds.corpus_hash
     meta = json.loads((ds.path / "meta.json").read_text())
     assert meta["train"]["tokens"] == ds.train_tokens and meta["tokenizer"]["id"] == "byte257"
+    # the token files are <entry>/train.bin and <entry>/val.bin, sized tokens x itemsize
+    for split in ("train", "val"):
+        f = ds.entry.split_path(split)
+        assert f == ds.path / f"{split}.bin"
+        assert f.stat().st_size == 2 * meta[split]["tokens"]
+    with pytest.raises(ConfigError, match="'split' must be 'train' or 'val'; got 'test'"):
+        ds.entry.split_path("test")
 
 
 def test_cache_reuse_does_not_retokenise(tmp_path, monkeypatch):

@@ -136,6 +136,14 @@ def split_documents(
     return nonempty & np.isin(keys_a, val_keys)
 
 
+_SPLITS = ("train", "val")
+
+
+def _split_file(folder: Path, split: str) -> Path:
+    """Where an entry folder keeps a split's tokens (``train.bin``, ``val.bin``)."""
+    return folder / f"{split}.bin"
+
+
 @dataclass(frozen=True, kw_only=True)
 class CacheEntry:
     """A built cache entry: its folder, the metadata and the two memory-mapped arrays."""
@@ -143,20 +151,17 @@ class CacheEntry:
     path: Path
     meta: dict[str, Any]
 
-    @property
-    def train_path(self) -> Path:
-        return self.path / "train.bin"
-
-    @property
-    def val_path(self) -> Path:
-        return self.path / "val.bin"
+    def split_path(self, split: str) -> Path:
+        """The token file of the ``"train"`` or ``"val"`` split."""
+        if split not in _SPLITS:
+            raise ConfigError(f"'split' must be 'train' or 'val'; got {split!r}")
+        return _split_file(self.path, split)
 
     def open(self, split: str) -> np.memmap:
         """Read-only memmap of the ``"train"`` or ``"val"`` tokens."""
-        if split not in ("train", "val"):
-            raise ConfigError(f"'split' must be 'train' or 'val'; got {split!r}")
+        path = self.split_path(split)
         n = self.meta[split]["tokens"]
-        return np.memmap(self.path / f"{split}.bin", dtype=self.meta["dtype"], mode="r", shape=(n,))
+        return np.memmap(path, dtype=self.meta["dtype"], mode="r", shape=(n,))
 
 
 def _split_ident(val_fraction: float, min_docs: int) -> dict[str, Any]:
@@ -188,8 +193,8 @@ def _valid_entry(path: Path) -> CacheEntry | None:
     if meta.get("cache_format") != CACHE_FORMAT_VERSION:
         return None
     itemsize = np.dtype(meta["dtype"]).itemsize
-    for split in ("train", "val"):
-        f = path / f"{split}.bin"
+    for split in _SPLITS:
+        f = _split_file(path, split)
         if not f.is_file() or f.stat().st_size != meta[split]["tokens"] * itemsize:
             return None
     return CacheEntry(path=path, meta=meta)
@@ -340,7 +345,7 @@ def _tokenise(
     """Encode every document into ``path/{train,val}.bin`` (published atomically); returns
     the writers (token/document counts and SHA-256 of each split)."""
     dtype = _dtype_for(tokenizer.vocab_size)
-    writers = {s: _TmpWriter(path, f"{s}.bin", dtype) for s in ("train", "val")}
+    writers = {s: _TmpWriter(path, _split_file(path, s).name, dtype) for s in _SPLITS}
     changed = DataError(f"corpus {corpus.name!r} changed while it was being tokenised")
     try:
         pending: list[tuple[bytes, str]] = []
@@ -361,7 +366,7 @@ def _tokenise(
         if n_seen != len(val_mask):
             raise changed
         for s, w in writers.items():
-            w.publish(path / f"{s}.bin")
+            w.publish(_split_file(path, s))
     except OSError as exc:
         for w in writers.values():
             w.discard()
