@@ -57,7 +57,7 @@ def _jsonl_reader(text_field: str) -> Reader:
     return read
 
 
-def _count_jsonl_records(path: Path, text_field: str, rel: str) -> int:
+def _count_jsonl_docs(path: Path, text_field: str, rel: str) -> int:
     """Non-blank lines of ``path`` (records are parsed, and checked, only when read)."""
     n = 0
     with open(path, "rb") as fh:
@@ -120,7 +120,7 @@ def jsonl_corpus(
             break
     return _row_corpus(root, files, name=name or p.stem, kind="jsonl",
                        field=("text_field", text_field), reader=reader,
-                       count=_count_jsonl_records)
+                       count=_count_jsonl_docs)
 
 
 # ---------------------------------------------------------------------------- arrow / parquet
