@@ -390,3 +390,47 @@ def test_absent_keys_take_the_config_class_defaults(model_type):
             assert "missing required field" in str(exc), (key, str(exc))
             continue
         assert spec.replace(name="", extra={}) == ref, key
+
+
+# Keys that do not change the model's weights (or select kernels only).
+_INERT = {
+    "return_dict", "output_hidden_states", "output_attentions", "use_cache",
+    "is_encoder_decoder", "output_router_logits", "norm_topk_prob", "use_mamba_kernels",
+    "use_mambapy", "use_associative_scan", "rope_interleave", "use_bidirectional_attention",
+    "moe_shared_expert_overlap", "residual_in_fp32", "rescale_prenorm_residual",
+    "attn_temperature_tuning", "max_position_embeddings", "pad_token_id", "bos_token_id",
+    "eos_token_id", "eod_token_id", "sep_token_id", "num_logits_to_keep", "pretraining_tp",
+    "block_size", "chunk_size", "mamba_chunk_size", "max_seq_len",
+}
+_SIZES = {"hidden_size", "vocab_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "n_layers", "d_model", "n_heads"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_every_flag_and_count_is_read_or_refused(tmp_path, model_type):
+    """Flip every boolean and perturb every structural int of the saved config: wherever
+    transformers can build the result, moescale's total equals the meta build's, or
+    moescale refuses the value with a ConfigError (never a silent wrong number)."""
+    from moescale.errors import ConfigError
+
+    base = _saved_config(tmp_path, model_type)
+    variants = []
+    for key, value in sorted(base.items()):
+        if key in _INERT:
+            continue
+        if isinstance(value, bool):
+            variants.append((key, not value))
+        elif isinstance(value, int) and key not in _SIZES:
+            variants += [(key, value + 1), (key, max(2 * value, 2))]
+    for key, value in variants:
+        cfg = {**base, key: value}
+        try:
+            theirs = meta_param_groups(cfg)["total"]
+        except ConfigError:
+            continue  # transformers cannot build it either
+        try:
+            ours = count_params(from_hf_config(cfg)).total
+        except ConfigError:
+            continue
+        assert ours == theirs, (key, value)

@@ -1028,7 +1028,10 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "jamba": {**_BASE, "*jamba": _jamba},
     "nemotron_h": {
         **{k: v for k, v in _base(head_dim=_head_dim(128)).items() if k != "n_layers"},
-        "*nemotron": _nemotron_h},
+        # transformers' NemotronH never ties (its embedding is not named embed_tokens)
+        "*tie": _refuse("tie_word_embeddings", True, "transformers' Nemotron-H keeps a "
+                        "separate lm_head, so whether the checkpoint ties is ambiguous"),
+        "tie_embeddings": False, "*nemotron": _nemotron_h},
     "bamba": {**_BASE, **_attn_bias(), "d_ffn": _int("intermediate_size"),
               "ffn_bias": _bool("mlp_bias", False), "rope_fraction": _partial_rope(0.5),
               "*mixers": _mamba2_hybrid},
