@@ -171,3 +171,14 @@ def test_success_exits_zero(capsys):
         main(["predict", "hparams", "-C", "1e20", "--json"])
     assert exc.value.code == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("budgets, sizes, field", [
+    ("[2.225073858507203e-309]", "[1.0]", "'sweep.budgets[0]' must be a number in [1e+06"),
+    ("[8181270849295.0]", "[2.7361684954443844e+302]", "'dense.sizes[0]' must be a number in"),
+])
+def test_sweep_spec_extremes_are_one_line(tmp_path, capsys, budgets, sizes, field):
+    # ZeroDivisionError / math domain error tracebacks before (found by the fuzz test)
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'[sweep]\nname = "s"\nbudgets = {budgets}\n[dense]\nsizes = {sizes}\n')
+    assert field in _error(capsys, "sweep", "plan", str(spec))

@@ -39,6 +39,9 @@ __all__ = [
 
 FAMILY_KINDS = ("activation", "granularity", "shared", "equal_resource", "hparam")
 _TOKENIZER_VOCAB = {"byte": 257}
+BUDGET_MIN = 1e6
+"""Smallest compute budget planned (FLOPs): below it the [EL] Table 1 M_opt(C) is under
+one FLOP per token and no shape exists."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -308,8 +311,8 @@ def parse_sweep_spec(doc: dict[str, Any], *, source: str = "") -> SweepSpec:
         raise ConfigError(f"'sweep.name' must be a non-empty string; got {name!r}")
     if "budgets" not in sweep:
         raise ConfigError("'sweep.budgets' is required: a list of compute budgets in FLOPs")
-    budgets = tuple(sorted(_num_list(sweep["budgets"], "sweep.budgets", low=0,
-                                     high=COMPUTE_MAX)))
+    budgets = tuple(sorted(_num_list(sweep["budgets"], "sweep.budgets", low=BUDGET_MIN,
+                                     low_inclusive=True, high=COMPUTE_MAX)))
     kw: dict[str, Any] = {"name": name, "budgets": budgets, "source": source}
     for key, low in (("seq_len", 1), ("seed", 0), ("vocab_size", 2)):
         if key in sweep:
@@ -347,7 +350,8 @@ def parse_sweep_spec(doc: dict[str, Any], *, source: str = "") -> SweepSpec:
         if not isinstance(dense, dict):
             raise ConfigError("[dense] must be a table")
         _check_keys(dense, {"sizes", "budgets"}, "[dense]")
-        sizes = _num_list(dense.get("sizes", [0.5, 1.0, 2.0]), "dense.sizes", low=0)
+        sizes = _num_list(dense.get("sizes", [0.5, 1.0, 2.0]), "dense.sizes", low=1e-3,
+                          low_inclusive=True, high=1e3)
         kw["dense"] = DenseLadder(sizes=tuple(sorted(sizes)),
                                   budgets=_parse_budget_subset(dense, "dense", budgets))
     fams = doc.get("family", [])
