@@ -20,8 +20,8 @@ from moescale.sweep.store import open_store
 TESTS = str(Path(__file__).parent)
 
 
-def _plan(resources=None, budgets=(1e12, 3e12), train=None):
-    doc = {"sweep": {"name": "g", "budgets": list(budgets)}, "dense": {"sizes": [0.5, 1]}}
+def _plan(resources=None, budgets=(1e12, 3e12), train=None, name="g"):
+    doc = {"sweep": {"name": name, "budgets": list(budgets)}, "dense": {"sizes": [0.5, 1]}}
     if resources is not None:
         doc["resources"] = resources
     if train is not None:
@@ -30,8 +30,19 @@ def _plan(resources=None, budgets=(1e12, 3e12), train=None):
 
 
 def seen_run(payload):
-    """Stand-in for training: record what the run's process was given, hold it 0.5 s."""
+    """Stand-in for training: record what the run's process was given, hold it 0.5 s.
+
+    In a sweep named ``*-meet`` a run first waits (up to 120 s) until two runs have
+    started, so a backend that runs two at once is seen doing so however slowly its
+    workers start.
+    """
     t0 = time.time()
+    if payload["config"]["extra"]["sweep"].endswith("-meet"):
+        meet = Path(payload["out_dir"]).parent / ".meet"
+        meet.mkdir(exist_ok=True)
+        (meet / str(os.getpid())).touch()
+        while len(os.listdir(meet)) < 2 and time.time() - t0 < 120:
+            time.sleep(0.05)
     time.sleep(0.5)
     seen = {"name": payload["name"], "start": t0, "end": time.time(), "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -102,7 +113,7 @@ def test_local_pool_two_gpu_runs_get_disjoint_pairs_through_torchrun(tmp_path, m
 
 def test_oversize_request_refused_before_anything_runs(tmp_path):
     with open_store(tmp_path / "o.db") as st:
-        with pytest.raises(ConfigError, match=r"asks for 3 GPU\(s\).*at most 2"):
+        with pytest.raises(ConfigError, match=r"asks for 3 GPU\(s\).*this machine has 2"):
             run_sweep(_plan(resources={"gpus_per_run": 3}), st, backend="local", workers=2,
                       gpus=2, run_fn=seen_run)
         assert st.count("running") == 0 and st.count("done") == 0
@@ -170,14 +181,15 @@ def ray_2gpu():
 
 @pytest.mark.timeout(600)
 def test_ray_tasks_request_gpus_and_get_their_own(tmp_path, ray_2gpu):
-    plan = _plan(resources={"gpus_per_run": 1, "cpus_per_run": 1})
+    plan = _plan(resources={"gpus_per_run": 1, "cpus_per_run": 1}, name="g-meet")
     path = tmp_path / "s.db"
     with open_store(path) as st:
         out = run_sweep(plan, st, backend="ray", run_fn=seen_run)
         assert len(out.completed) == 4 and not out.failed, out.failed
         # an oversize request is refused before anything runs
-        with pytest.raises(ConfigError, match=r"asks for 3 GPU\(s\).*Ray cluster has at most 2"):
-            run_sweep(_plan(resources={"gpus_per_run": 3}, budgets=(1e13,)), st,
+        with pytest.raises(ConfigError,
+                           match=r"asks for 3 GPU\(s\).*the largest Ray node has 2"):
+            run_sweep(_plan(resources={"gpus_per_run": 3}, budgets=(1e13,), name="g-meet"), st,
                       backend="ray", run_fn=seen_run)
         assert st.count("running") == 0
     seen = _seen(path)

@@ -9,6 +9,7 @@ import pytest
 
 from moescale.errors import ConfigError
 from moescale.sweep.launch import torchrun_command
+from moescale.sweep.planner import plan_sweep
 from moescale.sweep.resources import (
     DevicePool,
     ResourceRequest,
@@ -30,6 +31,7 @@ def test_table_with_family_override_reaches_the_spec():
     assert sw.resources.for_family("act") == ResourceRequest(gpus_per_run=2, cpus_per_run=4)
     assert sw.to_dict()["resources"] == {"gpus_per_run": 1, "cpus_per_run": 4,
                                          "family": {"act": {"gpus_per_run": 2}}}
+    assert plan_sweep(sw).to_dict()["resources"] == sw.to_dict()["resources"]
     assert parse_sweep_spec(DOC).resources.for_family("act") == ResourceRequest()
 
 
@@ -74,8 +76,8 @@ def test_defaults_follow_the_device():
 
 
 def test_oversize_request_names_run_field_and_capacity():
-    with pytest.raises(ConfigError, match=r"run 'x' asks for 3 GPU\(s\) "
-                                          r"\(resources.gpus_per_run\) but here has at most 2"):
+    with pytest.raises(ConfigError, match=r"run 'x' asks for 3 GPU\(s\) \(resources."
+                                          r"gpus_per_run\) but here has 2; lower gpus_per_run"):
         check_fits("x", RunResources(3, 3, 3), gpus=2, cpus=64, where="here")
     with pytest.raises(ConfigError, match=r"asks for 9 CPU core\(s\)"):
         check_fits("x", RunResources(0, 9, 1), gpus=0, cpus=8, where="here")

@@ -431,7 +431,7 @@ def _run_ray(payloads, store, cap, threads, address, run_fn, record, say, todo, 
         _join_ray(ray, address, workers * threads)
     try:
         gpus, cpus, nodes = _cluster_capacity(ray)
-        needs = _resolve(todo, resources, threads, gpus, cpus, "the Ray cluster")
+        needs = _resolve(todo, resources, threads, gpus, cpus, "the largest Ray node")
         _check_shared_runs(ray, store.runs_dir, nodes)
         # a GPU run gets a fresh worker process (CUDA fixes a process's devices when it
         # starts; Ray recycles GPU workers only for tasks declared with num_gpus up front)

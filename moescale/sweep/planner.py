@@ -165,6 +165,7 @@ class SweepPlan:
             "throughput_source": self.throughput_source,
             "est_seconds": self.est_seconds,
             "notes": list(self.notes),
+            "resources": self.spec.resources.to_dict(),
             "runs": [r.row() for r in self.runs],
         }
 

@@ -178,14 +178,15 @@ def resolve_resources(req: ResourceRequest, *, device: str, default_cpus: int,
 
 
 def check_fits(name: str, res: RunResources, *, gpus: int, cpus: int, where: str) -> None:
-    """Refuse a run whose request exceeds what one machine of ``where`` has (one line)."""
+    """Refuse a run whose request exceeds what one machine has (one line); ``where`` names
+    that machine (``this machine``, ``the largest Ray node``)."""
     if res.gpus > gpus:
         raise ConfigError(f"run {name!r} asks for {res.gpus} GPU(s) (resources.gpus_per_run) "
-                          f"but {where} has at most {gpus} per machine; lower gpus_per_run")
+                          f"but {where} has {gpus}; lower gpus_per_run")
     if res.cpus > cpus:
         raise ConfigError(f"run {name!r} asks for {res.cpus} CPU core(s) "
-                          f"(resources.cpus_per_run) but {where} has at most {cpus} per "
-                          "machine; lower cpus_per_run")
+                          f"(resources.cpus_per_run) but {where} has {cpus}; lower "
+                          "cpus_per_run")
 
 
 def local_gpu_count() -> int:
