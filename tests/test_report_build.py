@@ -206,3 +206,18 @@ def test_summary_text_intervals_control_and_law_range():
     assert "relative to the A = 1 control 1.6" in text
     assert "Held-out check" in text and "dense ×1, moe-A0.125 ×0.5" in text
     assert "extrapolation" in text and "agree" not in text
+
+
+def test_report_on_a_table_without_model_sizes(tmp_path):
+    """External runs without flops_per_token: no IsoFLOP figure, no traceback (fuzz case)."""
+    import pandas as pd
+
+    rows = [{"run": f"d{i}", "arch": "dense", "compute": c, "loss": 30 * c ** -0.06}
+            for i, c in enumerate((1e18, 3e18, 1e19, 3e19))]
+    rows += [{"run": f"m{i}", "arch": "moe", "compute": c, "loss": 29 * c ** -0.06,
+              "activation_ratio": 0.125} for i, c in enumerate((1e18, 1e19))]
+    pd.DataFrame(rows).to_csv(tmp_path / "ext.csv", index=False)
+    rep = build_report(tmp_path / "ext.csv", tmp_path / "rep", n_boot=50)
+    assert "isoflop" not in rep.plots and rep.html_path.exists()
+    runs = rep.analysis.measurement.runs
+    assert len(runs) == 2 and (runs["el"] > 1).all()

@@ -169,7 +169,8 @@ def _claim(lo: float, hi: float) -> str:
 
 # ------------------------------------------------------------------ preparation
 def _sizes(df: pd.DataFrame) -> np.ndarray:
-    """Model size of each run: Ling FLOPs/token M, else active, else total parameters."""
+    """Model size of each run: Ling FLOPs/token M, else active, else total parameters
+    (a lone run of its config and budget may have none)."""
     for col in ("flops_per_token", "params_active", "params_total"):
         v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
         if np.isfinite(v).all():
@@ -178,11 +179,20 @@ def _sizes(df: pd.DataFrame) -> np.ndarray:
     for col in ("params_active", "params_total"):
         alt = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
         m = np.where(np.isfinite(m), m, alt)
-    if not np.isfinite(m).all():
-        i = int(np.flatnonzero(~np.isfinite(m))[0])
-        raise DataError(f"run {df['run'].iloc[i]!r}: no model size (flops_per_token, "
-                        "params_active and params_total are all unknown); IsoFLOP ladders "
-                        "need one")
+    unknown = ~np.isfinite(m)
+    if unknown.any():
+        # a run without a size can only stand alone at its (config, budget): a single run
+        # needs no parabola, so any placeholder size serves; two cannot be told apart
+        cell = df.loc[unknown, ["config", "budget"]].astype(str).agg("|".join, axis=1)
+        cells = df[["config", "budget"]].astype(str).agg("|".join, axis=1)
+        for c in cell.unique():
+            runs = df.loc[(cells == c).to_numpy(), "run"].astype(str).tolist()
+            if len(runs) > 1:
+                raise DataError(f"runs {', '.join(runs[:4])} share config and budget but run "
+                                f"{df.loc[unknown, 'run'].iloc[0]!r} has no model size "
+                                "(flops_per_token, params_active, params_total all unknown): "
+                                "an IsoFLOP ladder needs each run's size")
+        m = np.where(unknown, 1.0, m)
     return m
 
 

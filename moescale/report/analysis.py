@@ -28,7 +28,7 @@ import pandas as pd
 
 from moescale.errors import DataError
 from moescale.fit.frontier import Frontier
-from moescale.fit.leverage import fit_el_separable, frontier_crossover_compute
+from moescale.fit.leverage import el_published, fit_el_separable, frontier_crossover_compute
 from moescale.fit.measure import Measurement, measure_leverage
 from moescale.fit.runs import RunTable, assign_budgets, assign_configs
 
@@ -140,8 +140,8 @@ def analyze(table: RunTable, *, seed: int = 0, n_boot: int = N_BOOT, level: floa
     else:
         A = moe["activation_ratio"].astype(float).to_numpy()
         G = moe["granularity"].astype(float).to_numpy()
-        moe["el_published"] = np.asarray(law.predict(A, G, moe["compute"].to_numpy()),
-                                         dtype=float)
+        moe["el_published"] = el_published(A, G, moe["compute"].to_numpy(float))  # NaN: A/G
+        # unknown or outside Eq. 13's domain
         per_run = _per_run_columns(m, moe["run"].astype(str))
         for col, values in per_run.items():
             moe[col] = values

@@ -62,10 +62,11 @@ def _loss_vs_compute(an: Analysis) -> bytes | None:
     if df.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    fams = sorted(df["family"].fillna("?").unique(), key=lambda f: (f != "dense", f))
+    family = df["family"].astype("string").fillna("?")
+    fams = sorted(family.unique(), key=lambda f: (f != "dense", f))
     colors = dict(zip(fams, _cmap(len(fams)), strict=True))
     for fam in fams:
-        g = df[df["family"].fillna("?") == fam]
+        g = df[(family == fam).to_numpy(dtype=bool)]
         ax.scatter(g["compute"], g["loss"], s=22, color="k" if fam == "dense" else colors[fam],
                    marker="o" if fam == "dense" else "^", label=fam, alpha=0.8)
     cs = np.geomspace(df["compute"].min() / 1.5, df["compute"].max() * 1.5, 100)
@@ -87,7 +88,8 @@ def _loss_vs_compute(an: Analysis) -> bytes | None:
 
 def _isoflop(an: Analysis) -> bytes | None:
     df = an.records
-    if df.empty:
+    m_known = np.isfinite(df["flops_per_token"].astype(float)) if not df.empty else []
+    if df.empty or not np.all(m_known):  # sizes in another unit (external data): no M axis
         return None
     budgets = sorted(df["budget"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.6))
@@ -280,8 +282,9 @@ def _el_vs_compute(an: Analysis) -> bytes | None:
                             [r["el_high"] - r["el"] for r in fel]])
             ax.errorbar(x, y, yerr=err, fmt="s-", color=col, ms=5, lw=1, capsize=3,
                         label=f"{e['label']} frontier ratio, 90%")
-        ax.plot(cs, published_el(e["activation_ratio"], e["granularity"], cs), "--",
-                color=col, lw=0.9)
+        A, G = e["activation_ratio"], e["granularity"]
+        if np.isfinite(G) and G > 0 and 0 < A <= 1:  # Eq. 13 needs both
+            ax.plot(cs, published_el(A, G, cs), "--", color=col, lw=0.9)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.plot([], [], "k--", lw=0.9, label="[EL] Eq. 13 (same A, G; extrapolated)")
     ax.set_xscale("log")
