@@ -243,7 +243,7 @@ def _run_local(payloads, store, workers, needs, devices, run_fn, record, say) ->
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                   initializer=worker_init, initargs=(None,),
+                                   initializer=worker_init,
                                    max_tasks_per_child=1 if fresh else None)
 
     def start(p: dict[str, Any]) -> bool:
@@ -471,5 +471,5 @@ def _ray_execute(payload: dict[str, Any], run_fn: RunFn | None,
                  placement: dict[str, Any]) -> dict[str, Any]:
     """A Ray task: Ray has set ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned (empty
     for a CPU run) and sized the task's cores; train there."""
-    worker_init(None)
+    worker_init()
     return run_placed(payload, run_fn, placement)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -26,34 +25,17 @@ RESULT_NAME = "result.json"
 imported from there so the driver never imports torch)."""
 
 
-def worker_init(threads: int | None, slot_counter: Any = None) -> None:
-    """Process-pool initializer: die with the driver (Linux), pin this worker to its own
-    ``threads`` cores and fix torch's thread count.
+def worker_init() -> None:
+    """Process-pool / Ray-task initializer: die with the driver (Linux ``PR_SET_PDEATHSIG``).
 
-    The trainer sizes its torch threads from the process's CPU affinity (cores / local
-    ranks), so pinning worker i to cores ``[i·threads, (i+1)·threads)`` gives each run
-    its own cores without changing the run's config (and hence its key).
+    Cores, GPUs and torch threads are set per run by
+    :func:`moescale.sweep.launch.run_placed` (a worker may carry runs of different sizes).
     """
     with contextlib.suppress(Exception):  # PR_SET_PDEATHSIG = 1: SIGKILL us if the driver dies
         import ctypes
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    if threads and slot_counter is not None and hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(Exception):
-            with slot_counter.get_lock():
-                slot = slot_counter.value
-                slot_counter.value += 1
-            cores = sorted(os.sched_getaffinity(0))
-            n_slots = max(1, len(cores) // threads)
-            start = (slot % n_slots) * threads
-            os.sched_setaffinity(0, cores[start : start + threads])
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        with contextlib.suppress(Exception):
-            import torch
-
-            torch.set_num_threads(threads)
 
 
 def read_curve(out_dir: Path) -> list[dict[str, Any]]:
