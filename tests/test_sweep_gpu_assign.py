@@ -248,3 +248,48 @@ def test_real_two_process_gloo_run_through_a_sweep_matches_one_process(tmp_path)
         assert a["step"] == b["step"] and a["tokens"] == b["tokens"]
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     assert results["two"]["val_loss"] == pytest.approx(results["one"]["val_loss"], rel=1e-4)
+
+
+class _OneNodeRay:
+    """A ``ray`` whose remote calls run here, as if on a node that sees ``view`` as the
+    driver's files (a node without the shared filesystem reads another folder)."""
+
+    def __init__(self, view=None):
+        self.view = view
+
+    def remote(self, **_):
+        ray = self
+
+        class _Fn:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def options(self, **_):
+                return self
+
+            def remote(self, marker, token):
+                if ray.view is not None:
+                    marker = str(Path(ray.view) / Path(marker).name)
+                return self.fn(marker, token)
+
+        return _Fn
+
+    def get(self, refs):
+        return refs
+
+
+def test_runs_folder_not_shared_by_a_node_is_refused(tmp_path):
+    pytest.importorskip("ray")
+    from moescale.sweep.execute import _check_shared_runs
+
+    runs = tmp_path / "s.db.runs"
+    runs.mkdir()
+    node = {"NodeID": "ab" * 28, "NodeManagerAddress": "10.0.0.7", "Alive": True}
+    _check_shared_runs(_OneNodeRay(), runs, [node])  # same filesystem: accepted
+    elsewhere = tmp_path / "node-local"
+    elsewhere.mkdir()
+    with pytest.raises(ConfigError, match=r"Ray node 10.0.0.7 cannot use the runs folder .*"
+                                          r"not visible.*shared filesystem") as info:
+        _check_shared_runs(_OneNodeRay(view=elsewhere), runs, [node])
+    assert "\n" not in str(info.value)
+    assert list(runs.iterdir()) == []  # the marker is removed either way
