@@ -182,3 +182,12 @@ def test_sweep_spec_extremes_are_one_line(tmp_path, capsys, budgets, sizes, fiel
     spec = tmp_path / "s.toml"
     spec.write_text(f'[sweep]\nname = "s"\nbudgets = {budgets}\n[dense]\nsizes = {sizes}\n')
     assert field in _error(capsys, "sweep", "plan", str(spec))
+
+
+def test_flat_dense_frontier_is_one_line_not_inf(tmp_path, capsys):
+    # numpy overflow warning and EL = inf before (found by the fuzz test)
+    path = tmp_path / "flat.csv"
+    path.write_text("run,arch,compute,loss\nr0,dense,1e+18,2.0\nr1,moe,1e+18,2.0\n"
+                    "r2,dense,3e+18,2.0\nr3,moe,1e+18,3.0\n")
+    line = _error(capsys, "fit", "el", str(path), "--form", "C")
+    assert "dense frontier (power-law) cannot reach loss 3" in line

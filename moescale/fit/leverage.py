@@ -102,13 +102,27 @@ class DenseFrontier:
         extrapolated = (ll < lo_l - 1e-12) | (ll > hi_l + 1e-12)
         if self.kind == "power-law":
             a, b = self.coef["alpha"], self.coef["beta"]
-            return np.exp(-(ll - math.log(a)) / b), extrapolated
-        x, y = self.log_compute, self.log_loss  # y decreasing
-        out = np.interp(ll, y[::-1], x[::-1])
-        below, above = ll < y[-1], ll > y[0]
-        out = np.where(below, x[-1] + (ll - y[-1]) * (x[-1] - x[-2]) / (y[-1] - y[-2]), out)
-        out = np.where(above, x[0] + (ll - y[0]) * (x[1] - x[0]) / (y[1] - y[0]), out)
-        return np.exp(out), extrapolated
+            log_c = -(ll - math.log(a)) / b
+        else:
+            x, y = self.log_compute, self.log_loss  # y decreasing
+            log_c = np.interp(ll, y[::-1], x[::-1])
+            below, above = ll < y[-1], ll > y[0]
+            log_c = np.where(below, x[-1] + (ll - y[-1]) * (x[-1] - x[-2]) / (y[-1] - y[-2]),
+                             log_c)
+            log_c = np.where(above, x[0] + (ll - y[0]) * (x[1] - x[0]) / (y[1] - y[0]), log_c)
+        # a (nearly) flat frontier puts C_dense beyond float64: no EL can be measured
+        bad = ~np.isfinite(log_c) | (np.abs(log_c) > _MAX_LOG_COMPUTE)
+        if np.any(bad):
+            i = int(np.flatnonzero(np.ravel(bad))[0])
+            raise DataError(
+                f"the dense frontier ({self.kind}) cannot reach loss "
+                f"{float(np.exp(np.ravel(ll)[i])):.4g}: C_dense is beyond 1e300 FLOPs (the dense "
+                f"runs' loss barely falls with compute, {self._range_text()}); EL is undefined")
+        return np.exp(log_c), extrapolated
+
+    def _range_text(self) -> str:
+        lo, hi = self.loss_range
+        return f"loss {lo:.4g}–{hi:.4g} over {self.n_points} point(s)"
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description."""
@@ -118,6 +132,9 @@ class DenseFrontier:
                 "loss_min": lo, "loss_max": hi,
                 "compute_min": float(np.exp(self.log_compute.min())),
                 "compute_max": float(np.exp(self.log_compute.max()))}
+
+
+_MAX_LOG_COMPUTE = math.log(1e300)
 
 
 def _lower_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
