@@ -151,13 +151,13 @@ def test_clark_adapter(data_dir):
 
 
 def test_reads_a_real_run_store_and_its_export(tmp_path):
+    from moescale.sweep.config import parse_sweep_config
     from moescale.sweep.planner import plan_sweep
-    from moescale.sweep.spec import parse_sweep_spec
     from moescale.sweep.store import open_store
 
     doc = {"sweep": {"name": "st", "budgets": [1e12, 3e12]}, "dense": {"sizes": [0.5, 1, 2]},
            "family": [{"kind": "activation", "name": "act", "n_experts": [4, 8]}]}
-    plan = plan_sweep(parse_sweep_spec(doc))
+    plan = plan_sweep(parse_sweep_config(doc))
     path = tmp_path / "s.db"
     done = [next(r for r in plan.runs if r.family != "act"),
             next(r for r in plan.runs if r.family == "act")]

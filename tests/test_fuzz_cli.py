@@ -335,9 +335,9 @@ def test_fuzz_run_table(text, cmd):
 # ----------------------------------------------------------------------------- output paths
 @pytest.fixture(scope="module")
 def small_store():
+    from moescale.sweep.config import parse_sweep_config
     from moescale.sweep.execute import run_sweep
     from moescale.sweep.planner import plan_sweep
-    from moescale.sweep.spec import parse_sweep_spec
     from moescale.sweep.store import open_store
 
     def fake(payload):
@@ -346,7 +346,7 @@ def small_store():
 
     d = Path(tempfile.mkdtemp())
     with open_store(d / "own.db") as s:
-        run_sweep(plan_sweep(parse_sweep_spec({"sweep": {"name": "f", "budgets": [1e12]},
+        run_sweep(plan_sweep(parse_sweep_config({"sweep": {"name": "f", "budgets": [1e12]},
                                                "dense": {"sizes": [1]}})), s,
                   backend="inline", run_fn=fake)
     yield (d / "own.db").read_bytes()

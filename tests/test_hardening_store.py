@@ -19,18 +19,18 @@ import pytest
 from moescale.cli import main
 from moescale.errors import ConfigError, DataError
 from moescale.paths import check_output_dir, check_output_file, sqlite_uri
+from moescale.sweep.config import parse_sweep_config
 from moescale.sweep.execute import run_sweep
 from moescale.sweep.planner import plan_sweep
-from moescale.sweep.spec import parse_sweep_spec
 from moescale.sweep.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = {"sweep": {"name": "h", "budgets": [1e12]}, "dense": {"sizes": [0.5, 1]}}
-SPEC_TOML = '[sweep]\nname = "h"\nbudgets = [1e12]\n[dense]\nsizes = [0.5, 1]\n'
+DOC = {"sweep": {"name": "h", "budgets": [1e12]}, "dense": {"sizes": [0.25, 4]}}
+SPEC_TOML = '[sweep]\nname = "h"\nbudgets = [1e12]\n[dense]\nsizes = [0.25, 4]\n'
 
 
 def _plan():
-    return plan_sweep(parse_sweep_spec(DOC))
+    return plan_sweep(parse_sweep_config(DOC))
 
 
 def fake_run(payload):
@@ -321,7 +321,8 @@ def test_fit_and_report_readers_take_escaped_and_readonly_paths(tmp_path):
 @pytest.mark.parametrize("budget, field", [("1e31", "sweep.budgets[0]"), ("1e30", "tokens")])
 def test_huge_budget_is_one_line_and_creates_no_store(tmp_path, capsys, budget, field):
     spec = tmp_path / "s.toml"
-    spec.write_text(f'[sweep]\nname = "x"\nbudgets = [{budget}]\n[dense]\n')
+    # one searched size per budget (ladder = false): a 1e30 budget then overflows tokens
+    spec.write_text(f'[sweep]\nname = "x"\nbudgets = [{budget}]\n[dense]\nladder = false\n')
     line = _one_line_error(capsys, "sweep", "run", str(spec), "--store", str(tmp_path / "a.db"))
     assert field in line  # was an OverflowError traceback (SQLite INTEGER) for 1e30
     assert sorted(os.listdir(tmp_path)) == ["s.toml"]

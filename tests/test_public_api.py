@@ -48,8 +48,9 @@ EXPECTED = {
         "TRAIN_SCHEMA_VERSION", "TrainConfig", "TrainPlan", "el_batch_opt", "el_lr_opt",
         "lr_at", "resolve_plan", "run_hash", "run_identity", "train", "train_step"},
     "moescale.sweep": {
-        "PlannedRun", "RECORD_COLUMNS", "RunStore", "SweepOutcome", "SweepPlan", "SweepSpec",
-        "default_workers", "load_sweep_spec", "open_store", "parse_sweep_spec", "plan_sweep",
+        "EXECUTORS", "FAMILIES", "Family", "LadderStatus", "PlannedRun", "RECORD_COLUMNS",
+        "RunStore", "SweepConfig", "SweepOutcome", "SweepPlan", "config_key", "default_workers",
+        "load_sweep_config", "open_store", "parse_sweep_config", "plan_sweep", "run_adaptive",
         "run_key", "run_sweep"},
     "moescale.export": {"HFExport", "HF_FAMILIES", "export_hf", "hf_config", "hf_family",
                         "hf_state_dict"},

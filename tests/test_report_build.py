@@ -13,8 +13,8 @@ import pytest
 
 from moescale.laws.el import published_el
 from moescale.report import analyze, build_report, load_runs
+from moescale.sweep.config import parse_sweep_config
 from moescale.sweep.planner import plan_sweep
-from moescale.sweep.spec import parse_sweep_spec
 from moescale.sweep.store import open_store
 
 ALPHA, BETA = 30.0, 0.09
@@ -34,7 +34,7 @@ def _loss(run) -> float:
 
 
 def _store(tmp_path, doc, noise=0.0):
-    plan = plan_sweep(parse_sweep_spec(doc))
+    plan = plan_sweep(parse_sweep_config(doc))
     path = tmp_path / "synth.db"
     rng = np.random.default_rng(1)
     with open_store(path) as st:
@@ -50,10 +50,11 @@ def _store(tmp_path, doc, noise=0.0):
 
 
 FULL = {"sweep": {"name": "synth", "budgets": [1e12, 3e12, 1e13]},
-        "dense": {"sizes": [0.5, 1, 2]},
-        "family": [{"kind": "activation", "name": "act", "n_experts": [4, 8, 16]},
+        "dense": {"rungs": 3},
+        "family": [{"kind": "activation", "name": "act", "n_experts": [4, 8, 16],
+                    "ladder": False, "control": False},
                    {"kind": "granularity", "name": "gran", "granularities": [2, 4, 8],
-                    "budgets": [3e12]},
+                    "budgets": [3e12], "ladder": False},
                    {"kind": "hparam", "name": "hp", "arch": "dense",
                     "lr_multipliers": [0.5, 1, 2], "batch_multipliers": [1]}]}
 
@@ -120,7 +121,8 @@ def _check_analysis_json(an):
 
 def test_small_sweeps_degrade_to_notes(tmp_path):
     doc = {"sweep": {"name": "one", "budgets": [1e12]}, "dense": {"sizes": [1]},
-           "family": [{"kind": "activation", "name": "act", "n_experts": [8]}]}
+           "family": [{"kind": "activation", "name": "act", "n_experts": [8],
+                       "ladder": False, "control": False}]}
     path, _ = _store(tmp_path, doc)
     rep = build_report(path, tmp_path / "rep", n_boot=25)
     notes = " ".join(rep.analysis.notes)

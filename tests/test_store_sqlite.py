@@ -4,14 +4,15 @@ foreign files (nothing written), export round trips."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 
 import pandas as pd
 import pytest
 
 from moescale.errors import ConfigError, DataError
+from moescale.sweep.config import parse_sweep_config
 from moescale.sweep.planner import plan_sweep
-from moescale.sweep.spec import parse_sweep_spec
 from moescale.sweep.store import (
     APPLICATION_ID,
     CURVE_COLUMNS,
@@ -20,7 +21,7 @@ from moescale.sweep.store import (
     open_store,
 )
 
-DOC = {"sweep": {"name": "st", "budgets": [1e12, 3e12]}, "dense": {"sizes": [0.5, 1, 2]},
+DOC = {"sweep": {"name": "st", "budgets": [1e12, 3e12]}, "dense": {"rungs": 3},
        "family": [{"kind": "activation", "name": "act", "n_experts": [4, 8]}]}
 
 SCHEMA_COLUMNS = [
@@ -38,7 +39,7 @@ SCHEMA_COLUMNS = [
 
 @pytest.fixture()
 def plan():
-    return plan_sweep(parse_sweep_spec(DOC))
+    return plan_sweep(parse_sweep_config(DOC))
 
 
 def _digest(path) -> str:
@@ -88,16 +89,27 @@ def test_records_carry_architecture_and_results(tmp_path, plan):
         curve = [{"step": 1, "tokens": 100, "flops": 1e9, "loss": 5.0},
                  {"step": 2, "tokens": 200, "flops": 2e9, "loss": 4.0, "val_loss": 4.2}]
         st.mark_done(run.key, {"loss": 3.5, "train_loss": 3.4, "tokens": run.tokens,
-                               "flops": run.compute, "compute": run.budget}, curve, 12.0)
+                               "flops": run.compute, "compute": run.budget,
+                               "val_loss_se": 0.01, "val_tokens": 65536,
+                               "eval_block_losses": [3.4, 3.6], "train_loss_last5": 3.45,
+                               "flops_per_token_full": 2 * run.flops_per_token}, curve, 12.0)
         rec = {r["run"]: r for r in st.records()}[run.name]
         assert rec["status"] == "done" and rec["loss"] == 3.5 and rec["train_loss"] == 3.4
+        assert (rec["val_loss_se"], rec["val_tokens"], rec["train_loss_last5"]) == \
+            (0.01, 65536, 3.45)
+        assert json.loads(rec["eval_block_losses"]) == [3.4, 3.6]
+        assert rec["flops_per_token_full"] == 2 * run.flops_per_token
         assert rec["arch"] == "moe" and rec["family"] == "act"
         assert rec["activation_ratio"] == run.spec.activation_ratio
         assert rec["granularity"] == run.spec.granularity
         assert rec["compute"] == pytest.approx(rec["flops_per_token"] * rec["tokens"])
         assert rec["flops_convention"] == "ling"
-        assert rec["tags"] == "activation;" + run.name.rsplit("-", 1)[1]
-        dense = {r["run"]: r for r in st.records()}["dense-1e12-m1"]
+        label = run.name.split("-")[2]  # act-<budget>-<E label>-d..L..
+        assert rec["tags"] == f"activation;{label};ladder" + (";control" if label == "E2" else "")
+        assert rec["config"] == f"moe-E{run.spec.n_experts}-k2-s1-G2"
+        assert rec["budget"] == run.budget and rec["lr_multiplier"] == 1.0 and rec["seed"] == 0
+        dense = {r["run"]: r for r in st.records()}["dense-1e12-d32L1"]
+        assert dense["config"] == "dense"
         assert dense["granularity"] is None and dense["activation_ratio"] == 1.0
         assert st.curves() == [{"run": run.name, "step": 2, "tokens": 200, "compute": 2e9,
                                 "loss": 4.2}]
@@ -112,7 +124,7 @@ def test_same_name_with_another_config_is_refused_unchanged(tmp_path, plan):
     with open_store(path) as st:
         st.sync_plan(plan)
     doc = {**DOC, "sweep": {**DOC["sweep"], "seed": 1}}
-    other = plan_sweep(parse_sweep_spec(doc))
+    other = plan_sweep(parse_sweep_config(doc))
     with open_store(path) as st:
         before = st.records()
         with pytest.raises(ConfigError, match="different config"):
@@ -185,3 +197,43 @@ def test_cli_export(tmp_path, plan, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["store", "export", str(tmp_path / "s.db"), "--format", "xlsx"])
     assert exc.value.code == 2
+
+
+def _downgrade_to_v1(path) -> None:
+    """Rewrite a store as schema version 1 wrote it: no planner/trainer columns."""
+    v1 = SCHEMA_COLUMNS[:SCHEMA_COLUMNS.index("budget")]
+    con = sqlite3.connect(path)
+    con.execute("DROP VIEW run_records")
+    for col in ("config", "lr_multiplier", "rung", "val_loss_se", "val_tokens",
+                "eval_block_losses", "train_loss_last5", "flops_per_token_full"):
+        con.execute(f"ALTER TABLE runs DROP COLUMN {col}")
+    view = ", ".join("name AS run" if c == "run" else c for c in v1)
+    con.execute(f"CREATE VIEW run_records AS SELECT {view} FROM runs ORDER BY budget, name")
+    con.execute("PRAGMA user_version = 1")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path, plan):
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        st.sync_plan(plan)
+        run = plan.runs[0]
+        st.mark_done(run.key, {"loss": 3.0, "tokens": run.tokens, "flops": run.compute}, [])
+    _downgrade_to_v1(path)
+    con = sqlite3.connect(path)
+    assert "config" not in [d[0] for d in con.execute("SELECT * FROM run_records").description]
+    con.close()
+    with open_store(path) as st:
+        assert st.meta()["schema_version"] == str(STORE_SCHEMA_VERSION) == "2"
+        recs = {r["run"]: r for r in st.records()}
+        assert list(next(iter(recs.values()))) == SCHEMA_COLUMNS
+        for r in plan.runs:  # planner columns recovered from each run's stored spec/config
+            assert recs[r.name]["config"] == r.arch_config
+            assert recs[r.name]["lr_multiplier"] == pytest.approx(1.0)
+        assert recs[run.name]["loss"] == 3.0 and recs[run.name]["status"] == "done"
+        st.sync_plan(plan)  # the upgraded store accepts the same plan (keys unchanged)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == STORE_SCHEMA_VERSION
+    con.close()

@@ -10,8 +10,13 @@ import pytest
 from moescale.errors import ConfigError
 from moescale.laws.hparams import AllocationLaw
 from moescale.spec.accounting import count_params, flops_per_token
-from moescale.sweep.planner import dense_m_opt, moe_m_opt, plan_sweep, run_key
-from moescale.sweep.spec import load_sweep_spec, parse_sweep_spec
+from moescale.sweep.config import load_sweep_config, parse_sweep_config
+from moescale.sweep.planner import plan_sweep, run_key
+
+
+def dense_m_opt(c: float) -> float:
+    return float(AllocationLaw.published("dense").flops_per_token(c))
+
 
 FULL = {
     "sweep": {"name": "t", "budgets": [1e12, 3e12, 1e13], "seq_len": 128},
@@ -28,52 +33,63 @@ FULL = {
 
 
 def _plan(doc=FULL):
-    return plan_sweep(parse_sweep_spec(json.loads(json.dumps(doc))))
+    return plan_sweep(parse_sweep_config(json.loads(json.dumps(doc))))
 
 
-def test_published_allocation_matches_laws_package():
-    for c in (1e12, 1e18, 1e22):
-        assert dense_m_opt(c) == pytest.approx(AllocationLaw.published("dense")
-                                               .flops_per_token(c), rel=1e-12)
-        assert moe_m_opt(c) == pytest.approx(AllocationLaw.published("moe")
-                                             .flops_per_token(c), rel=1e-12)
-
-
-def test_families_share_m_and_have_the_intended_ratios():
+def test_families_share_m_per_rung_and_have_the_intended_ratios():
     plan = _plan()
     groups: dict[tuple, list] = {}
     for r in plan.runs:
         # M recomputed independently from the spec (Ling convention at the sweep's s)
         assert r.flops_per_token == flops_per_token(r.spec, seq_len=128)
-        groups.setdefault((r.family, r.budget), []).append(r)
-    for (fam, _), runs in groups.items():
+        groups.setdefault((r.family, r.budget, r.rung), []).append(r)
+    for (fam, _, _), runs in groups.items():
         ms = [r.flops_per_token for r in runs]
         if fam != "dense":
             assert max(ms) / min(ms) - 1 < 1e-9, fam
-    act = [r for r in plan.runs if r.family == "act" and r.budget == 1e12]
-    assert sorted(r.spec.activation_ratio for r in act) == [2 / 16, 2 / 8, 2 / 4]
-    assert len({count_params(r.spec).active_non_embedding for r in act}) == 3  # routers differ
+    rung = min(r.rung for r in plan.runs if r.family == "act" and r.budget == 1e12)
+    act = [r for r in plan.runs if r.family == "act" and r.budget == 1e12 and r.rung == rung]
+    # E = 4, 8, 16 and the A = 1 same-backbone control (E = E_a = 2), added automatically
+    assert sorted(r.spec.activation_ratio for r in act) == [2 / 16, 2 / 8, 2 / 4, 1.0]
+    assert len({count_params(r.spec).active_non_embedding for r in act}) == 4  # routers differ
+    control = next(r for r in act if r.spec.activation_ratio == 1.0)
+    assert control.spec.is_moe and control.arch_config == "moe-E2-k2-s1-G2"
+    assert "control" in control.tags
     gran = [r for r in plan.runs if r.family == "gran" and r.budget == 3e12]
     for r in gran:
         g = r.spec.granularity
         assert r.spec.n_experts == 4 * g and r.spec.top_k == g
         assert r.spec.n_shared_experts == g / 2
         assert r.spec.d_expert == 2 * r.spec.d_model / g
-    sh = [r for r in plan.runs if r.family == "sh" and r.budget == 1e12]
+    sh = [r for r in plan.runs if r.family == "sh" and r.budget == 1e12 and r.rung == rung]
     assert sorted(r.spec.shared_ratio for r in sh) == [0, 0.25, 0.5]
 
 
-def test_moe_m_lands_near_the_target_and_dense_ladder_brackets_m_opt():
-    plan = _plan()
-    for r in plan.runs:
-        if r.family == "act":
-            assert abs(math.log(r.flops_per_token / moe_m_opt(r.budget))) < math.log(1.6)
-        if r.family == "dense" and "m1" in r.name.split("-")[-1] and r.name.endswith("m1"):
-            assert abs(r.flops_per_token / dense_m_opt(r.budget) - 1) < 0.35
-    for b in (1e12, 3e12, 1e13):
-        ms = sorted(r.flops_per_token for r in plan.runs
-                    if r.family == "dense" and r.budget == b)
-        assert ms[0] < dense_m_opt(b) < ms[-1]
+def test_ladders_are_smooth_shape_families_centred_on_the_allocation_law():
+    doc = {"sweep": {"name": "x", "budgets": [1e17, 1e18], "seq_len": 2048,
+                     "tokenizer": "bpe", "vocab_size": 8192},
+           "shape": {"head_dim": 64, "aspect": 64}, "ladder": {"d_step": 128},
+           "dense": {}, "family": [{"kind": "activation", "name": "act", "n_experts": [8],
+                                    "m_target": "moe"}]}
+    plan = _plan(doc)
+    for c in (1e17, 1e18):
+        for config, law in (("dense", "dense"), ("moe-E8-k2-s1-G2", "moe")):
+            runs = sorted((r for r in plan.runs if r.budget == c and r.arch_config == config),
+                          key=lambda r: r.flops_per_token)
+            assert len(runs) == 5  # the default: at least 5 rungs
+            d = [r.spec.d_model for r in runs]
+            assert all(b - a == 128 for a, b in zip(d, d[1:], strict=False))  # regular steps
+            for r in runs:
+                assert r.spec.d_model / r.spec.n_layers == 64  # one aspect ratio
+                if config == "dense":
+                    assert r.spec.d_ffn == round(8 / 3 * r.spec.d_model)  # one FFN ratio
+                else:
+                    assert r.spec.d_expert == r.spec.d_model  # G = 2
+            # the middle rung is the one nearest (in ln M) the allocation law's M_opt
+            m_opt = float(AllocationLaw.published(law).flops_per_token(c))
+            logs = [abs(math.log(r.flops_per_token / m_opt)) for r in runs]
+            assert logs.index(min(logs)) == 2
+            assert runs[0].flops_per_token < m_opt < runs[-1].flops_per_token
 
 
 def test_compute_tokens_and_lr_follow_the_budget_and_eq3():
@@ -82,6 +98,7 @@ def test_compute_tokens_and_lr_follow_the_budget_and_eq3():
         assert r.compute == pytest.approx(r.flops_per_token * r.tokens)
         assert abs(r.compute - r.budget) <= r.batch_tokens * r.flops_per_token / 2 + 1
         if r.family != "hp":
+            assert r.lr_multiplier == 1.0
             assert r.learning_rate == pytest.approx(1.1576 * r.budget ** -0.1529)
     hp = [r for r in plan.runs if r.family == "hp"]
     assert len(hp) == 6
@@ -117,24 +134,43 @@ def test_keys_are_stable_and_change_with_the_config():
     ({"sweep": {"name": "x", "budgets": [1e12], "vocab_size": 300}, "dense": {}},
      "vocab_size"),
     ({"sweep": {"name": "x", "budgets": [1e12]}}, "plans no runs"),
+    ({"sweep": {"name": "x", "budgets": [1e12], "seeds": 0}, "dense": {}}, "sweep.seeds"),
+    ({"sweep": {"name": "x", "budgets": [1e12]}, "dense": {"rungs": 2}}, "dense.rungs"),
+    ({"sweep": {"name": "x", "budgets": [1e12]}, "dense": {"kind": "activation"}}, "'kind'"),
+    ({"sweep": {"name": "x", "budgets": [1e12]},
+      "family": [{"kind": "activation", "top_k": 4, "n_experts": [2, 8]}]},
+     r"activation.n_experts.*\[4, inf\].*2"),
+    ({"sweep": {"name": "x", "budgets": [1e12]},
+      "family": [{"kind": "activation", "control": "yes"}]}, "control.*true or false"),
+    ({"sweep": {"name": "x", "budgets": [1e12]},
+      "family": [{"kind": "granularity", "n_experts": [4]}]}, "'n_experts'.*granularity|"
+                                                               "unknown key"),
+    ({"sweep": {"name": "x", "budgets": [1e12]},
+      "family": [{"kind": "shared", "m_target": "big"}]}, "m_target.*moe, dense"),
+    ({"sweep": {"name": "x", "budgets": [1e12]}, "dense": {}, "ladder": {"d_step": 24}},
+     "ladder.d_step"),
+    ({"sweep": {"name": "x", "budgets": [1e12]}, "dense": {}, "lr_scan": {"budget": -1}},
+     "lr_scan.budget"),
+    ({"sweep": {"name": "x", "budgets": [1e12]}, "dense": {}, "lr_scan": {},
+      "train": {"learning_rate": 1e-3}}, "learning_rate"),
     ({"sweep": {"name": "x", "budgets": [1e12]}, "dense": {}, "train": {"compute": 1}},
      "compute"),
 ])
-def test_bad_specs_name_the_field(doc, match):
+def test_bad_configs_name_the_field(doc, match):
     with pytest.raises(ConfigError, match=match):
-        parse_sweep_spec(doc)
+        parse_sweep_config(doc)
 
 
 def test_infeasible_budget_is_an_error():
     doc = {"sweep": {"name": "x", "budgets": [1e6]}, "dense": {}}
     with pytest.raises(ConfigError, match="infeasible"):
-        plan_sweep(parse_sweep_spec(doc))
+        plan_sweep(parse_sweep_config(doc))
 
 
 def test_duplicate_run_names_are_an_error():
     doc = {"sweep": {"name": "x", "budgets": [1e12]},
            "family": [{"kind": "activation", "name": "a", "n_experts": [4, 8]}]}
-    sw = parse_sweep_spec(doc)
+    sw = parse_sweep_config(doc)
     import dataclasses
 
     fam = sw.families[0]
@@ -147,17 +183,17 @@ def test_unreachable_equal_resource_rate_is_explained():
     doc = {"sweep": {"name": "x", "budgets": [1e12]},
            "family": [{"kind": "equal_resource", "name": "eq", "activation_rates": [0.05]}]}
     with pytest.raises(ConfigError, match="unreachable"):
-        plan_sweep(parse_sweep_spec(doc))
+        plan_sweep(parse_sweep_config(doc))
 
 
 def test_equal_resource_members_match_dense_total_params():
     doc = {"sweep": {"name": "x", "budgets": [1e13]},
            "family": [{"kind": "equal_resource", "name": "eq", "activation_rates": [0.5, 0.7],
                        "m_scale": 4.0}]}
-    plan = plan_sweep(parse_sweep_spec(doc))
+    plan = plan_sweep(parse_sweep_config(doc))
     from moescale.sweep.shapes import dense_shape
 
-    sw = plan.spec
+    sw = plan.sweep
     dense = dense_shape(dense_m_opt(1e13) * 4, seq_len=sw.seq_len, vocab_size=sw.vocab_size,
                         grid=sw.shape)
     n = count_params(dense).non_embedding
@@ -171,17 +207,17 @@ def test_equal_resource_members_match_dense_total_params():
 def test_example_specs_parse_and_match_the_packaged_ones(tmp_path):
     from pathlib import Path
 
-    from moescale.sweep.demo import demo_spec_path
+    from moescale.sweep.demo import demo_config_path
 
     repo = Path(__file__).resolve().parents[1]
-    for quick in (False, True):
-        packaged = demo_spec_path(quick)
+    for quick, thorough in ((False, False), (True, False), (False, True)):
+        packaged = demo_config_path(quick, thorough)
         example = repo / "examples" / "sweeps" / packaged.name
         assert example.read_text() == packaged.read_text()
-        plan = plan_sweep(load_sweep_spec(example))
+        plan = plan_sweep(load_sweep_config(example))
         assert plan.runs
     for path in sorted((repo / "examples" / "sweeps").glob("*.toml")):
-        plan_sweep(load_sweep_spec(path))
+        plan_sweep(load_sweep_config(path))
 
 
 def test_cli_plan_json_keys(tmp_path, capsys):
@@ -196,7 +232,7 @@ def test_cli_plan_json_keys(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert {"sweep", "n_runs", "budgets", "total_compute", "est_seconds", "throughput",
             "runs", "notes", "flops_convention"} <= set(out)
-    assert out["n_runs"] == 12
+    assert out["n_runs"] == (1 + 4) * 5 * 2  # dense + E4/E8/E16/control, 5 rungs, 2 budgets
     row = out["runs"][0]
     assert {"name", "key", "family", "params_total", "params_active", "flops_per_token",
             "tokens", "compute", "est_seconds", "learning_rate", "batch_tokens"} <= set(row)
@@ -204,7 +240,7 @@ def test_cli_plan_json_keys(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "plan", str(spec)])
     text = capsys.readouterr().out
-    assert "estimated time" in text and "dense-1e12-m0.5" in text and "est. time" in text
+    assert "estimated time" in text and "dense-1e12-d32L1" in text and "est. time" in text
 
 
 def test_cli_bad_spec_exits_2(tmp_path, capsys):
@@ -241,21 +277,25 @@ def test_public_surface():
             "--json"} <= options["sweep run"]
     assert {"--format", "--out"} <= options["store export"]
     assert {"--out", "--json", "--bootstrap"} <= options["report"]
-    assert {"--quick", "--out", "--workers", "--json"} <= options["demo"]
+    assert {"--quick", "--thorough", "--out", "--workers", "--json"} <= options["demo"]
 
 
-def test_demo_specs_fit_their_time_bounds_at_the_measured_throughput():
-    """The demo specs' planned compute at their (measured) throughput fits the bounds:
-    20 minutes for the full demo, 3 for --quick (training only; see results/cpu_demo)."""
-    from moescale.sweep.demo import demo_spec_path
+def test_demo_configs_run_the_protocol():
+    """The demo configs hold what the summary reports: dense and MoE ladders, the A = 1
+    control, >= 3 budgets for the held-out check, replicates, the learning-rate scan."""
+    from moescale.sweep.demo import demo_config_path
 
-    full = plan_sweep(load_sweep_spec(demo_spec_path(False)))
-    quick = plan_sweep(load_sweep_spec(demo_spec_path(True)))
-    assert full.est_seconds < 0.8 * 20 * 60
-    assert quick.est_seconds < 3 * 60
-    assert len(full.spec.budgets) >= 3 and max(full.spec.budgets) >= 1e12
-    kinds = {r.kind for r in full.runs}
-    assert {"dense", "activation", "granularity"} <= kinds
+    full = load_sweep_config(demo_config_path())
+    plan = plan_sweep(full)
+    assert len(full.budgets) >= 3 and full.lr_scan is not None
+    assert {r.kind for r in plan.runs} == {"lr_scan"}  # ladders wait for the scan first
+    assert {lad.config for lad in plan.ladders} == {"dense", "moe-E2-k2-s1-G2",
+                                                    "moe-E8-k2-s1-G2"}
+    assert max(f.n_seeds(full) for f in full.families) >= 2
+    thorough = load_sweep_config(demo_config_path(thorough=True))
+    assert thorough.seeds >= 2 and len(thorough.budgets) > len(full.budgets)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        demo_config_path(quick=True, thorough=True)
 
 
 def test_keys_ignore_fields_left_at_their_default():

@@ -37,23 +37,26 @@ def _duration(seconds: float) -> str:
 
 @sweep_app.command("plan")
 def plan_cmd(
-    spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
+    config: Path = typer.Argument(..., help="Sweep config (TOML)."),
     store: Path | None = typer.Option(None, "--store",
-                                      help="Run store: use its measured throughput for times."),
+                                      help="Run store: plan from its results so far (ladder "
+                                           "extension, learning-rate scan) and time with its "
+                                           "measured throughput."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Print the runs a sweep spec expands to (params, M, tokens, C, est. time)."""
+    """Print the runs a sweep config expands to (params, M, tokens, C, est. time)."""
+    from moescale.sweep.config import load_sweep_config
     from moescale.sweep.planner import plan_sweep
-    from moescale.sweep.spec import load_sweep_spec
     from moescale.sweep.store import open_store
 
-    sw = load_sweep_spec(spec)
-    tp, source = None, None
+    sw = load_sweep_config(config)
+    tp, source, results = None, None, None
     if store is not None:
         with open_store(store, readonly=True) as st:
             tp = st.measured_throughput()
             source = "measured" if tp else None
-    plan = plan_sweep(sw, throughput=tp, throughput_source=source)
+            results = st.results()
+    plan = plan_sweep(sw, results=results, throughput=tp, throughput_source=source)
     if as_json:
         print_json(plan.to_dict())
         return
@@ -72,6 +75,10 @@ def plan_cmd(
     (console if console.is_terminal else Console(width=170)).print(table)
     for note in plan.notes:
         console.print(f"note: {note}")
+    for lad in plan.ladders:
+        if lad.status != "pending":
+            console.print(f"ladder {lad.family}/{lad.config} at {lad.budget:.3g}: {lad.status}"
+                          + (f" (open side: {lad.open_side})" if lad.open_side else ""))
     console.print(f"estimated time: {_duration(plan.est_seconds)} at "
                   f"{plan.throughput:.3g} FLOPs/s ({plan.throughput_source} throughput), "
                   "one worker")
@@ -79,7 +86,7 @@ def plan_cmd(
 
 @sweep_app.command("run")
 def run_cmd(
-    spec: Path = typer.Argument(..., help="Sweep spec (TOML)."),
+    config: Path = typer.Argument(..., help="Sweep config (TOML)."),
     store: Path = typer.Option(..., "--store", help="Run store (SQLite file; created if new)."),
     backend: str = typer.Option("local", "--backend", help="local | ray | inline."),
     workers: int | None = typer.Option(None, "--workers",
@@ -89,23 +96,24 @@ def run_cmd(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run failed runs too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
-    """Train every planned run not yet in the store (finished runs skipped, interrupted
-    runs resumed, failures recorded). Exit code 1 if any run failed."""
+    """Train the sweep to the end: the learning-rate scan, every ladder, and the rungs
+    adaptive extension adds (finished runs skipped, interrupted runs resumed, failures
+    recorded). Exit code 1 if any run failed."""
     from moescale.paths import check_store_path
-    from moescale.sweep.execute import check_backend, run_sweep
+    from moescale.sweep.config import load_sweep_config
+    from moescale.sweep.execute import check_backend, run_adaptive
     from moescale.sweep.planner import plan_sweep
-    from moescale.sweep.spec import load_sweep_spec
     from moescale.sweep.store import check_plan, open_store
 
     # every option is checked before the store is created
     check_backend(backend, workers)
     check_store_path(store)
-    plan = plan_sweep(load_sweep_spec(spec))
-    check_plan(plan)
+    sw = load_sweep_config(config)
+    check_plan(plan_sweep(sw))
     with open_store(store) as st:
-        outcome = run_sweep(plan, st, backend=backend, workers=workers, ray_address=ray_address,
-                            retry_failed=retry_failed,
-                            progress=lambda m: err_console.print(m, highlight=False))
+        outcome, _ = run_adaptive(sw, st, backend=backend, workers=workers,
+                                  ray_address=ray_address, retry_failed=retry_failed,
+                                  progress=lambda m: err_console.print(m, highlight=False))
     if as_json:
         print_json(outcome.to_dict())
     else:
@@ -177,15 +185,20 @@ def report_cmd(
 
 
 def demo_cmd(
-    quick: bool = typer.Option(False, "--quick", help="Fewer, smaller runs (≈ 2–3 min)."),
+    quick: bool = typer.Option(False, "--quick", help="The smallest protocol (< 3 min)."),
+    thorough: bool = typer.Option(False, "--thorough",
+                                  help="The complete protocol: more budgets and seeds."),
     out: Path = typer.Option(Path("moescale_demo"), "--out", help="Output folder."),
-    workers: int | None = typer.Option(None, "--workers", help="Concurrent runs."),
+    workers: int | None = typer.Option(None, "--workers",
+                                       help="Concurrent single-thread runs (default: one per "
+                                            "core)."),
     as_json: bool = typer.Option(False, "--json", help="Print the headline numbers as JSON."),
 ) -> None:
-    """Plan, train, fit and report a small dense + MoE sweep on this machine's CPU."""
+    """Run the EL measurement protocol (learning-rate scan, adaptive IsoFLOP ladders for
+    dense and MoE, the A = 1 control), fit and report, on this machine's CPU."""
     from moescale.sweep.demo import run_demo
 
-    result = run_demo(quick=quick, out=out, workers=workers,
+    result = run_demo(quick=quick, thorough=thorough, out=out, workers=workers,
                       progress=lambda m: err_console.print(m, highlight=False))
     if as_json:
         print_json(result)

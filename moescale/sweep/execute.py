@@ -8,7 +8,7 @@ loses nothing: finished runs are in the store; a run that was in flight is still
 ``running`` there and its folder holds the trainer's last checkpoint, so the next
 ``run_sweep`` resumes it.
 
-Backends: ``local`` — ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn``
+Executors (:data:`EXECUTORS`, the ``backend`` argument): ``local`` — ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn``
 context; each run gets its own cores and GPUs from a
 :class:`~moescale.sweep.resources.DevicePool` (CPU affinity, ``CUDA_VISIBLE_DEVICES``);
 ``ray`` — one task per run requesting the run's ``num_cpus`` / ``num_gpus`` on
@@ -30,7 +30,8 @@ from typing import Any
 
 from moescale.errors import ConfigError
 from moescale.sweep.launch import run_placed
-from moescale.sweep.planner import PlannedRun, SweepPlan
+from moescale.sweep.config import SweepConfig
+from moescale.sweep.planner import PlannedRun, SweepPlan, plan_sweep
 from moescale.sweep.resources import (
     DevicePool,
     ResourceConfig,
@@ -42,10 +43,11 @@ from moescale.sweep.resources import (
 from moescale.sweep.runner import RunFn, execute_payload, worker_init
 from moescale.sweep.store import RunStore
 
-__all__ = ["SweepOutcome", "run_sweep", "check_backend", "default_workers", "BACKENDS",
-           "RAY_INSTALL"]
+__all__ = ["SweepOutcome", "run_sweep", "run_adaptive", "check_backend", "default_workers",
+           "EXECUTORS", "RAY_INSTALL"]
 
-BACKENDS = ("local", "ray", "inline")
+EXECUTORS = ("local", "ray", "inline")
+"""Where runs execute (not to be confused with the MoE dispatch back-ends of the model)."""
 RAY_INSTALL = "pip install 'moescale[ray]'"
 
 Progress = Callable[[str], None]
@@ -102,8 +104,11 @@ def run_sweep(
     Parameters
     ----------
     backend : {"local", "ray", "inline"}
+        The executor (:data:`EXECUTORS`).
     workers : int, optional
-        Concurrent runs; default :func:`default_workers`.
+        Concurrent runs (>= 1); default :func:`default_workers`. Each local worker gets
+        ``cores // workers`` torch threads (``workers = cores``: one single-thread run
+        per core, fastest for small models).
     ray_address : str, optional
         Ray cluster address (``host:port`` or ``ray://host:port``); ``None`` starts a
         local instance.
@@ -114,7 +119,7 @@ def run_sweep(
         Must be picklable (module level) for the process and Ray backends.
     resources : ResourceConfig, optional
         Per-run GPUs, cores and processes; default the config's ``[resources]``
-        (``plan.spec.resources``).
+        (``plan.sweep.resources``).
     gpus : int, optional
         GPUs the local pool hands out (default: :func:`local_gpu_count`); ignored on Ray,
         whose cluster says what it has.
@@ -123,7 +128,7 @@ def run_sweep(
     ray_cap = workers if backend == "ray" else None  # Ray queues by resources itself
     workers = check_backend(backend, workers, cores)
     if resources is None:
-        resources = plan.spec.resources
+        resources = plan.sweep.resources
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     out = SweepOutcome()
@@ -137,8 +142,8 @@ def run_sweep(
 def check_backend(backend: str, workers: int | None, cores: int | None = None) -> int:
     """Validate ``backend`` and ``workers`` (before any store is created); return the
     worker count (default :func:`default_workers`)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"'backend' must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend not in EXECUTORS:
+        raise ConfigError(f"'backend' must be one of {', '.join(EXECUTORS)}; got {backend!r}")
     if workers is None:
         return default_workers(cores)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 4096:
@@ -206,6 +211,58 @@ def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_
     else:
         _run_ray(payloads, store, ray_cap or len(payloads), threads, ray_address, run_fn,
                  record, say, todo, resources, workers)
+
+
+def run_adaptive(
+    sweep: SweepConfig,
+    store: RunStore,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    retry_failed: bool = False,
+    run_fn: RunFn | None = None,
+    throughput: float | None = None,
+    progress: Progress | None = None,
+    gpus: int | None = None,
+) -> tuple[SweepOutcome, SweepPlan]:
+    """Drive a sweep to the end: plan, train, re-plan with the results, until nothing new.
+
+    Each round trains what :func:`~moescale.sweep.planner.plan_sweep` plans from the
+    store's results so far (the learning-rate scan, then the ladders, then the rungs that
+    adaptive extension adds), under one driver lock. Stops when a round trains nothing.
+    The final plan's ladder states and learning-rate multipliers are kept in the store's
+    meta (``ladders``, ``lr_multipliers``). Arguments as :func:`run_sweep` (resources:
+    the config's ``[resources]``).
+
+    Returns the merged outcome of every round and the final plan.
+    """
+    cores = os.cpu_count() or 1
+    ray_cap = workers if backend == "ray" else None  # Ray queues by resources itself
+    workers = check_backend(backend, workers, cores)
+    say = progress or (lambda _msg: None)
+    total = SweepOutcome()
+    t0 = time.perf_counter()
+    with store.driver_lock():
+        for round_no in range(1, 10_000):
+            plan = plan_sweep(sweep, results=store.results(), throughput=throughput,
+                              throughput_source="measured" if throughput else None)
+            if round_no > 1:
+                say(f"round {round_no}: re-planned from the results ({len(plan.runs)} runs)")
+            out = SweepOutcome()
+            _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_fn,
+                   say, out, sweep.resources, gpus, ray_cap)
+            total.completed += out.completed
+            total.recovered += out.recovered
+            total.failed.update(out.failed)
+            if round_no == 1:
+                total.skipped = list(out.skipped)
+            if not out.completed and not out.recovered:
+                break
+        store.set_meta("ladders", [s.to_dict() for s in plan.ladders])
+        store.set_meta("lr_multipliers", dict(plan.lr_multipliers))
+    total.wall_seconds = time.perf_counter() - t0
+    return total, plan
 
 
 def _affinity() -> list[int]:

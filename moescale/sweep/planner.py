@@ -1,65 +1,62 @@
-"""Expand a :class:`~moescale.sweep.spec.SweepSpec` into concrete, keyed runs.
+"""Expand a :class:`~moescale.sweep.config.SweepConfig` into concrete, keyed runs.
 
-For every budget C (FLOPs, [EL] C = M·D with Ling M, arXiv 2507.17702):
+For every budget C (FLOPs, [EL] C = M·D with Ling M, arXiv 2507.17702) each family
+(:mod:`moescale.sweep.families`) gives its members; ladder families give every
+architecture configuration (dense, and each MoE configuration alike) an IsoFLOP ladder
+of rungs centred on the [EL] Table 1 allocation law's M_opt(C), each trained on
+``D = C/M`` tokens, with ``seeds`` replicates.
 
-- ``[dense]``: an IsoFLOP ladder ``M = m·M_opt^dense(C)``, M_opt the dense row of
-  [EL] Table 1 (:class:`moescale.laws.AllocationLaw`), each trained on ``D = C/M`` tokens.
-- ``activation``: E_a (top_k), E_s and G fixed, E grows ([EL] Table 7): A = E_a/E falls
-  while M is unchanged.
-- ``granularity``: E = c·G, E_a = G, E_s = s·G, d_expert = 2d/G ([EL] Table 8 with
-  c = 32, s = 1/2): active FFN width ``(E_a+E_s)·d_expert = (1+s)·2d`` is the same for
-  every G, so M is too.
-- ``shared``: E_a + E_s fixed, S = E_s/(E_a+E_s) varies.
-- ``equal_resource`` ([EQ], arXiv 2506.12119): MoE members with the dense
-  compute-optimal model's backbone and total parameters (E·d_expert ≈ d_ffn) and the
-  same compute, across parameter activation rates r_a = N_a/N.
-- ``hparam``: a learning-rate × batch grid around [EL] Eq. 3 at each budget.
+The plan is a pure function of the config and the results so far (:func:`plan_sweep`'s
+``results``), so a sweep is driven by re-planning after each round of training
+(:func:`moescale.sweep.execute.run_adaptive`):
 
-Every member of a family at one budget has the same backbone and active FFN width,
-hence the same M (checked to 1e-9 relative). Learning rate and batch default to
-[EL] Eq. 3 (:mod:`moescale.train.config`). Each run is keyed by a hash of its
-resolved architecture and training config, so a re-plan of the same spec yields the
-same keys and an edited run gets a new one.
+1. **Learning-rate scan** (``[lr_scan]``): each configuration trains its centre rung at
+   one budget with ×0.5/×1/×2 the [EL] Eq. 3 learning rate (the ``hparam`` grid); its
+   ladders wait, then use the multiplier with the lowest loss (``lr_multiplier``).
+2. **Adaptive extension**: when every rung of a ladder has finished, the planner asks
+   :func:`moescale.fit.isoflop.extension_side` whether the minimum is bracketed (at least
+   ``min_each_side`` rungs each side above the minimum by more than their paired standard
+   error) and, if not, adds a rung on the open side, up to ``[ladder] max_extend`` per
+   side. Each ladder ends ``bracketed`` or ``unbracketed`` (:class:`LadderStatus`).
+
+Learning rate and batch default to [EL] Eq. 3 (:mod:`moescale.train.config`). Each run
+is keyed by a hash of its resolved architecture and training config, so a re-plan
+yields the same keys and an edited run gets a new one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from moescale.errors import ConfigError
-from moescale.laws.hparams import AllocationLaw
-from moescale.spec.accounting import count_params
+from moescale.fit.isoflop import extension_side
+from moescale.spec.accounting import count_params, flops_per_token
 from moescale.spec.model_spec import ModelSpec
-from moescale.sweep.shapes import dense_shape, moe_backbone
-from moescale.sweep.spec import FamilySpec, SweepSpec
-from moescale.train.config import TrainConfig, el_batch_opt, el_lr_opt, resolve_plan
+from moescale.sweep.config import SweepConfig
+from moescale.sweep.families import Architecture, LadderFamily, Member, hparam_grid
+from moescale.train.config import TrainConfig, el_lr_opt, resolve_plan
 from moescale.train.identity import run_hash
 
 __all__ = [
     "PlannedRun",
     "SweepPlan",
+    "LadderStatus",
     "plan_sweep",
     "run_key",
-    "dense_m_opt",
-    "moe_m_opt",
     "budget_tag",
     "M_TOLERANCE",
 ]
 
 M_TOLERANCE = 1e-9
-"""Relative spread of M allowed inside one family at one budget (members share M exactly)."""
+"""Relative spread of M allowed among family members that share a backbone."""
 
-
-def dense_m_opt(compute: float) -> float:
-    """[EL] Table 1 dense compute-optimal M (Ling FLOPs/token), from :mod:`moescale.laws`."""
-    return float(AllocationLaw.published("dense").flops_per_token(compute))
-
-
-def moe_m_opt(compute: float) -> float:
-    """[EL] Table 1 MoE compute-optimal M (Ling FLOPs/token), from :mod:`moescale.laws`."""
-    return float(AllocationLaw.published("moe").flops_per_token(compute))
+_FINISHED = ("done", "failed")
 
 
 def budget_tag(compute: float) -> str:
@@ -81,10 +78,18 @@ class PlannedRun:
     key: str
     family: str
     kind: str
-    """``dense`` or the family kind."""
+    """The family kind (``dense``, ``activation``, …, ``lr_scan``)."""
     budget: float
+    """The planned budget C this run belongs to (assigned here, once)."""
     spec: ModelSpec
     config: TrainConfig
+    arch_config: str
+    """Architecture-configuration key excluding size (``dense``, ``moe-E16-k2-s1-G2``)."""
+    lr_multiplier: float = 1.0
+    """Multiplier on the [EL] Eq. 3 learning rate."""
+    seed: int = 0
+    rung: int | None = None
+    """Ladder rung index (d_model = rung·d_step); ``None`` outside ladders."""
     flops_per_token: float
     """Ling M at the sweep's seq_len."""
     tokens: int
@@ -101,48 +106,58 @@ class PlannedRun:
         pc = count_params(self.spec)
         s = self.spec
         return {
-            "name": self.name,
-            "key": self.key,
-            "family": self.family,
-            "kind": self.kind,
-            "budget": self.budget,
-            "arch": "moe" if s.is_moe else "dense",
-            "d_model": s.d_model,
-            "n_layers": s.n_layers,
-            "n_heads": s.n_heads,
-            "d_ffn": s.d_ffn,
-            "n_experts": s.n_experts,
-            "top_k": s.top_k,
-            "n_shared_experts": s.n_shared_experts,
-            "d_expert": s.d_expert,
-            "activation_ratio": s.activation_ratio,
-            "granularity": s.granularity,
-            "shared_ratio": s.shared_ratio,
-            "params_total": pc.total,
-            "params_active": pc.active,
+            "name": self.name, "key": self.key, "family": self.family, "kind": self.kind,
+            "budget": self.budget, "config": self.arch_config, "arch": "moe" if s.is_moe
+            else "dense", "rung": self.rung, "seed": self.seed,
+            "lr_multiplier": self.lr_multiplier, "d_model": s.d_model,
+            "n_layers": s.n_layers, "n_heads": s.n_heads, "d_ffn": s.d_ffn,
+            "n_experts": s.n_experts, "top_k": s.top_k, "n_shared_experts": s.n_shared_experts,
+            "d_expert": s.d_expert, "activation_ratio": s.activation_ratio,
+            "granularity": s.granularity, "shared_ratio": s.shared_ratio,
+            "params_total": pc.total, "params_active": pc.active,
             "params_total_non_embedding": pc.non_embedding,
             "params_active_non_embedding": pc.active_non_embedding,
-            "flops_per_token": self.flops_per_token,
-            "tokens": self.tokens,
-            "compute": self.compute,
-            "n_steps": self.n_steps,
-            "batch_tokens": self.batch_tokens,
-            "learning_rate": self.learning_rate,
-            "est_seconds": self.est_seconds,
+            "flops_per_token": self.flops_per_token, "tokens": self.tokens,
+            "compute": self.compute, "n_steps": self.n_steps, "batch_tokens": self.batch_tokens,
+            "learning_rate": self.learning_rate, "est_seconds": self.est_seconds,
             "tags": list(self.tags),
         }
 
 
 @dataclass(frozen=True, kw_only=True)
-class SweepPlan:
-    """All runs of a sweep, in execution order (cheapest first)."""
+class LadderStatus:
+    """Where one configuration's IsoFLOP ladder at one budget stands."""
 
-    spec: SweepSpec
+    family: str
+    config: str
+    budget: float
+    m: tuple[float, ...]
+    """Ling M of its rungs (ascending)."""
+    status: str
+    """``pending`` (rungs still training), ``waiting`` (for the learning-rate scan),
+    ``bracketed``, or ``unbracketed`` (extension bound reached, or too few results)."""
+    open_side: str | None = None
+    """Last :func:`~moescale.fit.isoflop.extension_side` answer (``None``: bracketed)."""
+    extended: tuple[int, int] = (0, 0)
+    """Rungs added below / above the base ladder."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepPlan:
+    """All runs of a sweep known now, in execution order (cheapest first)."""
+
+    sweep: SweepConfig
     runs: tuple[PlannedRun, ...]
     throughput: float
     """Ling FLOPs/s used for the time estimates."""
     throughput_source: str = "assumed"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    ladders: tuple[LadderStatus, ...] = ()
+    lr_multipliers: Mapping[str, float] = field(default_factory=dict)
+    """Configuration → learning-rate multiplier chosen by the scan."""
 
     @property
     def total_compute(self) -> float:
@@ -152,226 +167,282 @@ class SweepPlan:
     def est_seconds(self) -> float:
         return float(sum(r.est_seconds for r in self.runs))
 
+    @property
+    def settled(self) -> bool:
+        """True when no ladder is pending or waiting (nothing more will be added)."""
+        return all(s.status in ("bracketed", "unbracketed") for s in self.ladders)
+
     def to_dict(self) -> dict[str, Any]:
         """The ``moescale sweep plan --json`` object."""
         return {
-            "sweep": self.spec.name,
-            "n_runs": len(self.runs),
-            "budgets": list(self.spec.budgets),
-            "seq_len": self.spec.seq_len,
-            "flops_convention": "ling",
-            "total_compute": self.total_compute,
-            "throughput": self.throughput,
-            "throughput_source": self.throughput_source,
-            "est_seconds": self.est_seconds,
-            "notes": list(self.notes),
-            "resources": self.spec.resources.to_dict(),
+            "sweep": self.sweep.name, "n_runs": len(self.runs),
+            "budgets": list(self.sweep.budgets), "seq_len": self.sweep.seq_len,
+            "flops_convention": "ling", "total_compute": self.total_compute,
+            "throughput": self.throughput, "throughput_source": self.throughput_source,
+            "est_seconds": self.est_seconds, "notes": list(self.notes),
+            "ladders": [s.to_dict() for s in self.ladders],
+            "lr_multipliers": dict(self.lr_multipliers),
+            "resources": self.sweep.resources.to_dict(),
             "runs": [r.row() for r in self.runs],
         }
 
 
-# ---------------------------------------------------------------------------- members
-def _moe(bb, *, vocab: int, E: int, k: int, Es: int, d_expert: int, n_dense: int,
-         name: str) -> ModelSpec:
-    return ModelSpec(
-        name=name, d_model=bb.d_model, n_layers=bb.n_layers, n_heads=bb.n_heads,
-        n_kv_heads=bb.n_kv_heads, vocab_size=vocab,
-        d_ffn=(k + Es) * d_expert if n_dense else 0,
-        n_experts=E, top_k=k, n_shared_experts=Es, d_expert=d_expert, n_dense_layers=n_dense,
-    )
-
-
-def _check_g(fam: FamilySpec, d: int, g: float) -> int:
-    d_expert = 2 * d / g
-    if not float(d_expert).is_integer():
-        raise ConfigError(f"family {fam.name!r}: d_expert = 2·d_model/G = 2·{d}/{g:g} is not an "
-                          "integer; pick a granularity dividing 2·d_model")
-    return int(d_expert)
-
-
-def _family_members(fam: FamilySpec, c: float, sw: SweepSpec) -> list[tuple[str, ModelSpec,
-                                                                            dict[str, Any]]]:
-    """(member label, spec, train overrides) for one family at budget c."""
-    target = (moe_m_opt(c) if fam.m_target == "moe" else dense_m_opt(c)) * fam.m_scale
-    kw = {"seq_len": sw.seq_len, "vocab_size": sw.vocab_size, "grid": sw.shape}
-    nd = fam.n_dense_layers
-    out: list[tuple[str, ModelSpec, dict[str, Any]]] = []
-    if fam.kind == "activation" or (fam.kind == "hparam" and fam.arch == "moe"):
-        g = fam.granularity
-        per_d = (fam.top_k + fam.n_shared_experts) * 2 / g
-        div = int(g) if float(g).is_integer() else 1
-        bb = moe_backbone(target, active_ffn_per_d=per_d, divisor=div, min_layers=nd + 1, **kw)
-        de = _check_g(fam, bb.d_model, g)
-        experts = fam.n_experts if fam.kind == "activation" else fam.n_experts[:1]
-        specs = [(f"E{E}", _moe(bb, vocab=sw.vocab_size, E=E, k=fam.top_k,
-                                Es=fam.n_shared_experts, d_expert=de, n_dense=nd, name=""))
-                 for E in experts]
-        if fam.kind == "activation":
-            return [(lab, s, {}) for lab, s in specs]
-        base = specs[0][1]
-    elif fam.kind == "hparam":
-        base = dense_shape(target, **kw)
-    elif fam.kind == "granularity":
-        per_d = (1 + fam.shared_per_g) * 2
-        div = math.lcm(*fam.granularities)
-        bb = moe_backbone(target, active_ffn_per_d=per_d, divisor=div, min_layers=nd + 1, **kw)
-        for g in fam.granularities:
-            de = _check_g(fam, bb.d_model, g)
-            out.append((f"G{g}", _moe(bb, vocab=sw.vocab_size, E=fam.experts_per_g * g, k=g,
-                                      Es=int(fam.shared_per_g * g), d_expert=de, n_dense=nd,
-                                      name=""), {}))
-        return out
-    elif fam.kind == "shared":
-        g = fam.granularity
-        div = int(g) if float(g).is_integer() else 1
-        bb = moe_backbone(target, active_ffn_per_d=fam.n_active * 2 / g, divisor=div,
-                          min_layers=nd + 1, **kw)
-        de = _check_g(fam, bb.d_model, g)
-        E = max(fam.n_experts)
-        for es in fam.n_shared:
-            k = fam.n_active - es
-            if k > E:
-                raise ConfigError(f"family {fam.name!r}: E_a = {k} exceeds E = {E}; raise "
-                                  "n_experts")
-            out.append((f"S{es}", _moe(bb, vocab=sw.vocab_size, E=E, k=k, Es=es, d_expert=de,
-                                       n_dense=nd, name=""), {}))
-        return out
-    elif fam.kind == "equal_resource":
-        dense = dense_shape(dense_m_opt(c) * fam.m_scale, **kw)
-        return [(f"r{r:g}", _equal_resource_member(dense, r, fam), {})
-                for r in fam.activation_rates]
-    else:  # pragma: no cover - kinds are validated when parsed
-        raise ConfigError(f"unknown family kind {fam.kind!r}")
-    # hparam grid around [EL] Eq. 3
-    lr0, b0 = el_lr_opt(c), el_batch_opt(c)
-    for lm in fam.lr_multipliers:
-        for bm in fam.batch_multipliers:
-            batch = max(sw.seq_len, int(round(b0 * bm / sw.seq_len)) * sw.seq_len)
-            out.append((f"lr{lm:g}-b{bm:g}", base,
-                        {"learning_rate": lr0 * lm, "batch_tokens": batch}))
-    return out
-
-
-def _equal_resource_member(dense: ModelSpec, rate: float, fam: FamilySpec) -> ModelSpec:
-    """MoE with the dense model's backbone and (≈) total parameters whose parameter
-    activation rate N_a/N (non-embedding) is closest to ``rate`` ([EQ])."""
-    n_dense = count_params(dense).non_embedding
-    best: tuple[float, ModelSpec] | None = None
-    for E in sorted({2, 4, 8, 16, 32, 64, *fam.n_experts}):
-        de = int(round(dense.d_ffn / E))
-        if de < 8:
-            continue
-        for k in range(1, E):
-            s = dense.replace(d_ffn=0, n_experts=E, top_k=k, d_expert=de, d_shared=None)
-            pc = count_params(s)
-            if abs(pc.non_embedding / n_dense - 1) > 0.05:
-                continue
-            err = abs(pc.active_non_embedding / pc.non_embedding - rate)
-            if best is None or err < best[0] - 1e-12:
-                best = (err, s)
-    if best is None:
-        raise ConfigError(f"family {fam.name!r}: no MoE matches the dense model's total params "
-                          f"(d_ffn={dense.d_ffn}) within 5% with d_expert >= 8")
-    if best[0] > 0.05:
-        pc = count_params(best[1])
-        raise ConfigError(
-            f"family {fam.name!r}: activation rate {rate:g} is unreachable with the dense "
-            f"backbone (d_model={dense.d_model}, d_ffn={dense.d_ffn}); closest r_a = "
-            f"{pc.active_non_embedding / pc.non_embedding:.3f}. Attention parameters set a floor "
-            "on N_a/N at small scale: raise m_scale or pick rates in reach"
-        )
-    return best[1]
-
-
 # ---------------------------------------------------------------------------- planning
-def _make_run(sw: SweepSpec, *, name: str, family: str, kind: str, budget: float,
-              spec: ModelSpec, overrides: dict[str, Any], throughput: float,
-              tags: tuple[str, ...]) -> PlannedRun:
-    spec = spec.replace(name=name)
-    cfg = TrainConfig.from_dict({
-        **sw.train, **overrides, "compute": budget, "seq_len": sw.seq_len, "seed": sw.seed,
-        "tokenizer": sw.tokenizer, "corpus": sw.corpus,
-        "extra": {"sweep": sw.name, "run": name, "family": family, "tags": list(tags)},
-    })
-    plan = resolve_plan(spec, cfg)
-    m = plan.flops_per_token
-    if budget < plan.batch_tokens * m:
-        raise ConfigError(
-            f"budget {budget:.3g} FLOPs is infeasible for run {name!r}: smaller than one batch "
-            f"({plan.batch_tokens} tokens × M {m:.3g} = {plan.batch_tokens * m:.3g} FLOPs); "
-            "raise the budget or lower [train] batch_tokens / seq_len"
-        )
-    return PlannedRun(
-        name=name, key=run_key(spec, cfg), family=family, kind=kind, budget=budget, spec=spec,
-        config=cfg, flops_per_token=m, tokens=plan.tokens, compute=plan.flops,
-        n_steps=plan.n_steps, batch_tokens=plan.batch_tokens,
-        learning_rate=plan.learning_rate, est_seconds=plan.flops / throughput, tags=tags,
-    )
+class _Planner:
+    """Builds the runs of one :func:`plan_sweep` call (results → next runs)."""
+
+    def __init__(self, sw: SweepConfig, results: Mapping[str, Mapping[str, Any]],
+                 throughput: float) -> None:
+        self.sw, self.results, self.throughput = sw, results, throughput
+        self.runs: list[PlannedRun] = []
+        self.ladders: list[LadderStatus] = []
+        self.notes: list[str] = []
+        self.lr: dict[str, float | None] = {}
+
+    def make(self, member: Member, *, family: str, kind: str, budget: float, seed: int,
+             name: str) -> PlannedRun:
+        sw = self.sw
+        overrides = dict(member.overrides)
+        if member.lr_multiplier != 1.0 and "learning_rate" not in overrides:
+            overrides["learning_rate"] = el_lr_opt(budget) * member.lr_multiplier
+        spec = member.spec.replace(name=name)
+        cfg = TrainConfig.from_dict({
+            **sw.train, **overrides, "compute": budget, "seq_len": sw.seq_len, "seed": seed,
+            "tokenizer": sw.tokenizer, "corpus": sw.corpus,
+            "extra": {"sweep": sw.name, "run": name, "family": family,
+                      "tags": list(member.tags)},
+        })
+        plan = resolve_plan(spec, cfg)
+        m = plan.flops_per_token
+        if budget < plan.batch_tokens * m:
+            raise ConfigError(
+                f"budget {budget:.3g} FLOPs is infeasible for run {name!r}: smaller than one "
+                f"batch ({plan.batch_tokens} tokens × M {m:.3g} = {plan.batch_tokens * m:.3g} "
+                "FLOPs); raise the budget or lower [train] batch_tokens / seq_len")
+        return PlannedRun(
+            name=name, key=run_key(spec, cfg), family=family, kind=kind, budget=budget,
+            spec=spec, config=cfg, arch_config=member.config,
+            lr_multiplier=member.lr_multiplier, seed=seed, rung=member.rung,
+            flops_per_token=m, tokens=plan.tokens, compute=plan.flops, n_steps=plan.n_steps,
+            batch_tokens=plan.batch_tokens, learning_rate=plan.learning_rate,
+            est_seconds=plan.flops / self.throughput, tags=member.tags)
+
+    def replicate(self, member: Member, *, family: str, kind: str, budget: float,
+                  n_seeds: int, prefix: str) -> list[PlannedRun]:
+        """``n_seeds`` replicates of ``member`` (seed suffix on all but the base seed)."""
+        out = []
+        for seed in range(self.sw.seed, self.sw.seed + n_seeds):
+            name = "-".join(p for p in (prefix, budget_tag(budget), member.label) if p)
+            if member.lr_multiplier != 1.0 and "lr=" not in ";".join(member.tags):
+                name += f"-lr{member.lr_multiplier:g}"
+            if seed != self.sw.seed:
+                name += f"-seed{seed}"
+            out.append(self.make(member, family=family, kind=kind, budget=budget, seed=seed,
+                                 name=name))
+        return out
+
+    def finished(self, runs: list[PlannedRun]) -> bool:
+        return all(self.results.get(r.key, {}).get("status") in _FINISHED for r in runs)
+
+    def loss(self, run: PlannedRun) -> tuple[float, float] | None:
+        res = self.results.get(run.key, {})
+        loss = res.get("loss")
+        if res.get("status") != "done" or not isinstance(loss, (int, float)) \
+                or not math.isfinite(loss):
+            return None
+        se = res.get("loss_se")
+        return float(loss), float(se) if isinstance(se, (int, float)) and se >= 0 else math.nan
+
+    def ladder_points(self, by_rung: list[list[PlannedRun]]) -> list[tuple[float, float, float]]:
+        """``(M, loss, loss_se)`` of every finished run of a ladder.
+
+        Every run of a ladder is evaluated on the same validation blocks, so a rung's
+        loss difference from the best rung is known far better than either loss
+        (:func:`_paired_se`). When every run has its block losses, each run's SE is the
+        paired SE of its rung's difference from the best rung (0 for the best rung;
+        ``extension_side`` then compares √(SE_i² + 0) with the difference); otherwise the
+        runs' own ``val_loss_se``.
+        """
+        rows = [(r, ls) for rr in by_rung for r in rr if (ls := self.loss(r)) is not None]
+        blocks = [self.results[r.key].get("blocks") for r, _ in rows]
+        points = [(r.flops_per_token, ls[0], ls[1]) for r, ls in rows]
+        if rows and all(isinstance(b, list) and len(b) == len(blocks[0]) > 1 for b in blocks):
+            se = _paired_se([p[0] for p in points], [p[1] for p in points], blocks)
+            points = [(m, loss, s) for (m, loss, _), s in zip(points, se, strict=True)]
+        return points
+
+    # ------------------------------------------------------------------ lr scan
+    def lr_scan(self) -> None:
+        scan = self.sw.lr_scan
+        if scan is None:
+            return
+        for fam in self.sw.ladder_families:
+            for arch in fam.architectures(self.sw):
+                base = _centre_member(fam, arch, scan.budget, self.sw)
+                if base.config in self.lr:
+                    continue
+                grid = hparam_grid(base, scan.budget, self.sw, scan.lr_multipliers,
+                                   tags=("hparam", "lr_scan", base.config))
+                runs = [self.make(m, family="lr_scan", kind="lr_scan", budget=scan.budget,
+                                  seed=self.sw.seed,
+                                  name=f"lr_scan-{fam.name}-{budget_tag(scan.budget)}-"
+                                       f"{m.label}") for m in grid]
+                self.runs += runs
+                losses = {m.lr_multiplier: self.loss(r) for m, r in zip(grid, runs, strict=True)}
+                done = {k: v[0] for k, v in losses.items() if v is not None}
+                if not self.finished(runs):
+                    self.lr[base.config] = None
+                elif not done:
+                    self.lr[base.config] = None
+                    self.notes.append(f"every learning-rate scan run of {base.config} failed: "
+                                      "its ladders are not planned (see the failures)")
+                else:
+                    self.lr[base.config] = min(done, key=lambda k: (done[k], abs(math.log(k))))
+
+    # ------------------------------------------------------------------ ladders
+    def ladder(self, fam: LadderFamily, arch: Architecture, budget: float) -> None:
+        lad, sw = self.sw.ladder, self.sw
+        members = fam.ladder_members(arch, budget, sw)
+        config = members[0].config
+        mult = self.lr.get(config, 1.0) if sw.lr_scan is not None else 1.0
+        if mult is None:
+            self.ladders.append(LadderStatus(family=fam.name, config=config, budget=budget,
+                                             m=(), status="waiting"))
+            return
+        lower = higher = 0
+        side: str | None = None
+        while True:
+            members = [dataclasses.replace(m, lr_multiplier=mult) for m in
+                       fam.ladder_members(arch, budget, sw, lower, higher)]
+            by_rung = [self.replicate(m, family=fam.name, kind=fam.kind, budget=budget,
+                                      n_seeds=fam.n_seeds(sw), prefix=fam.name)
+                       for m in members]
+            ms = tuple(rr[0].flops_per_token for rr in by_rung)
+            status = LadderStatus(family=fam.name, config=config, budget=budget, m=ms,
+                                  status="pending", extended=(lower, higher))
+            if not self.finished([r for rr in by_rung for r in rr]):
+                break
+            done = self.ladder_points(by_rung)
+            if len({m for m, _, _ in done}) < 3:
+                status = dataclasses.replace(status, status="unbracketed", open_side="both")
+                break
+            # replicates (equal M) are grouped by extension_side: mean loss, its SE
+            side = extension_side([p[0] for p in done], [p[1] for p in done],
+                                  [p[2] for p in done], min_each_side=lad.min_each_side)
+            status = dataclasses.replace(status, open_side=side)
+            if side is None:
+                status = dataclasses.replace(status, status="bracketed")
+                break
+            lo = lower + (side in ("lower", "both") and lower < lad.max_extend)
+            hi = higher + (side in ("higher", "both") and higher < lad.max_extend)
+            grown = len(fam.rung_shapes(arch, budget, sw, lo, hi)) > len(members)
+            if not grown:
+                status = dataclasses.replace(status, status="unbracketed")
+                break
+            lower, higher = lo, hi
+        self.runs += [r for rr in by_rung for r in rr]
+        self.ladders.append(status)
+
+    def fixed(self, fam: Any, budget: float) -> None:
+        members = fam.members(budget, self.sw)
+        runs = [r for m in members for r in
+                self.replicate(m, family=fam.name, kind=fam.kind, budget=budget,
+                               n_seeds=fam.n_seeds(self.sw), prefix=fam.name)]
+        ms = [r.flops_per_token for r in runs]
+        if fam.kind != "equal_resource" and max(ms) > min(ms) * (1 + M_TOLERANCE):
+            raise ConfigError(f"family {fam.name!r} at {budget_tag(budget)}: members do not "
+                              f"share M ({min(ms):.4g}..{max(ms):.4g})")
+        self.runs += runs
 
 
-def plan_sweep(sw: SweepSpec, *, throughput: float | None = None,
+def _centre_member(fam: LadderFamily, arch: Architecture, budget: float,
+                   sw: SweepConfig) -> Member:
+    """The rung nearest the ladder centre (the learning-rate scan's model)."""
+    members = fam.ladder_members(arch, budget, sw)
+    target = math.log(fam.centre(budget))
+    return min(members, key=lambda m: abs(math.log(flops_per_token(m.spec, seq_len=sw.seq_len))
+                                          - target))
+
+
+def _paired_se(m: list[float], loss: list[float], blocks: list[list[float]]) -> list[float]:
+    """Per run: the paired SE of its rung's mean block losses minus the best rung's
+    (replicates averaged block by block), scaled by √n_rung so that averaging the rung's
+    n runs (as :func:`moescale.fit.isoflop.rungs` does) gives that SE back."""
+    b = np.asarray(blocks, dtype=float)
+    ms = sorted(set(m))
+    rung = np.array([ms.index(x) for x in m])
+    means = np.array([np.mean([loss[i] for i in np.flatnonzero(rung == j)])
+                      for j in range(len(ms))])
+    vec = np.stack([b[rung == j].mean(axis=0) for j in range(len(ms))])
+    best = int(np.argmin(means))
+    diff = vec - vec[best]
+    se = diff.std(axis=1, ddof=1) / math.sqrt(b.shape[1])
+    n = np.bincount(rung)
+    return [float(se[j] * math.sqrt(n[j])) for j in rung]
+
+
+def plan_sweep(sw: SweepConfig, *, results: Mapping[str, Mapping[str, Any]] | None = None,
+               throughput: float | None = None,
                throughput_source: str | None = None) -> SweepPlan:
-    """Expand a sweep spec into its runs (cheapest first).
+    """Expand a sweep config into the runs known now (cheapest first).
 
     Parameters
     ----------
-    sw : SweepSpec
+    sw : SweepConfig
+    results : mapping, optional
+        Run key → ``{"status", "loss", "loss_se"}`` of runs trained so far
+        (:meth:`moescale.sweep.store.RunStore.results`). Without it the plan holds the
+        first round: the learning-rate scan (if any) and the base ladder rungs.
     throughput : float, optional
         Ling FLOPs/s for the time estimates; default ``sw.throughput`` (assumed).
 
     Raises
     ------
     ConfigError
-        Duplicate run names, an infeasible budget, or a family whose members do not
-        share M. Runs of different families that resolve to the same key (e.g. the G = 2
-        member of a granularity family and an activation member) are kept under both
-        names, noted in ``notes`` and trained once.
+        Duplicate run names, an infeasible budget, or a single-size family whose members
+        do not share M. Runs of different families that resolve to the same key are kept
+        under both names, noted in ``notes`` and trained once.
 
     Examples
     --------
-    >>> from moescale.sweep.spec import parse_sweep_spec
-    >>> sw = parse_sweep_spec({"sweep": {"name": "x", "budgets": [1e12]}, "dense": {}})
+    >>> from moescale.sweep.config import parse_sweep_config
+    >>> sw = parse_sweep_config({"sweep": {"name": "x", "budgets": [1e12]},
+    ...                          "dense": {"rungs": 3}})
     >>> [r.name for r in plan_sweep(sw).runs]
-    ['dense-1e12-m0.5', 'dense-1e12-m1', 'dense-1e12-m2']
+    ['dense-1e12-d32L1', 'dense-1e12-d64L2', 'dense-1e12-d96L3']
     """
     tp = float(throughput if throughput is not None else sw.throughput)
-    runs: list[PlannedRun] = []
-    common = {"throughput": tp}
+    p = _Planner(sw, results or {}, tp)
+    p.lr_scan()
     for c in sw.budgets:
-        tag = budget_tag(c)
-        if sw.dense is not None and (sw.dense.budgets is None or c in sw.dense.budgets):
-            for m in sw.dense.sizes:
-                spec = dense_shape(dense_m_opt(c) * m, seq_len=sw.seq_len,
-                                   vocab_size=sw.vocab_size, grid=sw.shape)
-                runs.append(_make_run(sw, name=f"dense-{tag}-m{m:g}", family="dense",
-                                      kind="dense", budget=c, spec=spec, overrides={},
-                                      tags=("dense", f"ladder={m:g}"), **common))
         for fam in sw.families:
             if fam.budgets is not None and c not in fam.budgets:
                 continue
-            members = _family_members(fam, c, sw)
-            fam_runs = [
-                _make_run(sw, name=f"{fam.name}-{tag}-{label}", family=fam.name, kind=fam.kind,
-                          budget=c, spec=spec, overrides=ov,
-                          tags=(fam.kind, label), **common)
-                for label, spec, ov in members
-            ]
-            ms = [r.flops_per_token for r in fam_runs]
-            if fam.kind != "equal_resource" and max(ms) > min(ms) * (1 + M_TOLERANCE):
-                raise ConfigError(f"family {fam.name!r} at {tag}: members do not share M "
-                                  f"({min(ms):.4g}..{max(ms):.4g})")
-            runs.extend(fam_runs)
-    names: set[str] = set()
+            if isinstance(fam, LadderFamily) and fam.ladder:
+                for arch in fam.architectures(sw):
+                    p.ladder(fam, arch, c)
+            else:
+                p.fixed(fam, c)
+    names: dict[str, str] = {}
     keys: dict[str, str] = {}
-    notes: list[str] = []
-    for r in runs:
+    runs: list[PlannedRun] = []
+    for r in p.runs:
         if r.name in names:
+            if names[r.name] == r.key:
+                continue
             raise ConfigError(f"duplicate run name {r.name!r} in sweep {sw.name!r}")
-        names.add(r.name)
+        names[r.name] = r.key
+        runs.append(r)
         if r.key in keys:
-            notes.append(f"{r.name} is the same run as {keys[r.key]} (key {r.key}): trained once")
+            p.notes.append(f"{r.name} is the same run as {keys[r.key]} (key {r.key}): "
+                           "trained once")
         else:
             keys[r.key] = r.name
+    waiting = sorted({s.config for s in p.ladders if s.status == "waiting"})
+    if waiting:
+        p.notes.append(f"ladders of {', '.join(waiting)} wait for the learning-rate scan")
     runs.sort(key=lambda r: (r.compute, r.name))
-    return SweepPlan(spec=sw, runs=tuple(runs), throughput=tp,
-                     throughput_source=throughput_source or "assumed", notes=tuple(notes))
+    lr = {k: v for k, v in p.lr.items() if v is not None}
+    return SweepPlan(sweep=sw, runs=tuple(runs), throughput=tp,
+                     throughput_source=throughput_source or "assumed", notes=tuple(p.notes),
+                     ladders=tuple(p.ladders), lr_multipliers=lr)

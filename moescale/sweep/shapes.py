@@ -1,6 +1,15 @@
-"""Shape search: pick a backbone whose Ling M lands on a target FLOPs per token.
+"""Backbone shapes: smooth IsoFLOP-ladder rungs, and the grid search that hits a target M.
 
-At CPU scale the compute-optimal sizes of [EL] Table 1 (arXiv 2507.17702) are
+**Ladder rungs** (:func:`rung_backbone`, what IsoFLOP ladders use): rung k has
+``d_model = k·d_step`` and ``n_layers = max(1, ⌊d_model/aspect + ½⌉)``, heads =
+d_model/head_dim; the FFN is a fixed multiple of d_model (dense ``d_ffn =
+ffn_ratio·d_model``; MoE ``d_expert = 2·d_model/G``). Every rung of a ladder is one
+shape family with d_model in regular steps, so rungs differ in size only, never in
+shape ([EL] §2 IsoFLOP profiles, arXiv 2507.17702).
+
+**Grid search** (:func:`dense_shape`, :func:`moe_backbone`, for single-size families):
+
+at CPU scale the compute-optimal sizes of [EL] Table 1 (arXiv 2507.17702) are
 tiny (dense ``M_opt(1e12) ≈ 2.1e5`` FLOPs/token, i.e. d ≈ 32, two layers), so
 sizes cannot be read off a published family; they are searched. For a target
 M the search scans a grid of ``(d_model, n_layers)`` (heads = d_model/head_dim)
@@ -25,9 +34,34 @@ from dataclasses import dataclass
 from moescale.errors import ConfigError
 from moescale.spec.accounting import flops_per_token
 from moescale.spec.model_spec import ModelSpec
-from moescale.sweep.spec import ShapeGrid
 
-__all__ = ["Backbone", "dense_shape", "moe_backbone", "attention_m"]
+__all__ = ["ShapeGrid", "Backbone", "dense_shape", "moe_backbone", "attention_m",
+           "rung_backbone"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShapeGrid:
+    """Head layout of every backbone, and the grid single-size families search.
+
+    The search picks ``(d_model, n_layers)`` from the grid (heads = d_model /
+    head_dim) minimising ``|ln(M/M_target)| + aspect_weight·|ln((d/L)/aspect)|``,
+    then (dense only) tunes ``d_ffn`` within ``ffn_ratio`` to hit M closely.
+    """
+
+    d_model: tuple[int, ...] = (32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+    """Candidate hidden sizes (each a multiple of ``head_dim``)."""
+    n_layers: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12)
+    """Candidate depths."""
+    head_dim: int = 16
+    """Per-head width; n_heads = d_model / head_dim (n_kv_heads = n_heads / kv_group)."""
+    kv_group: int = 1
+    """Query heads per KV head (1 = MHA); must divide every n_heads."""
+    aspect: float = 32.0
+    """Preferred d_model / n_layers at this scale (also the ladders' default aspect)."""
+    aspect_weight: float = 0.15
+    """Weight of the aspect-ratio penalty against the log-M mismatch."""
+    ffn_ratio: tuple[float, float] = (2.0, 4.0)
+    """Allowed range of dense d_ffn / d_model when tuning M (nominal 8/3, SwiGLU)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +89,17 @@ def attention_m(d: int, n_layers: int, grid: ShapeGrid, seq_len: int, vocab_size
     return flops_per_token(probe, seq_len=seq_len) - 3 * n_layers * 6 * d * 1
 
 
+def rung_backbone(k: int, *, d_step: int, aspect: float) -> tuple[int, int]:
+    """``(d_model, n_layers)`` of ladder rung ``k`` (k >= 1): ``d = k·d_step``,
+    ``L = max(1, ⌊d/aspect + ½⌋)`` (half rounds up, so rungs never shrink in depth).
+
+    >>> [rung_backbone(k, d_step=8, aspect=16) for k in (2, 3, 4, 6)]
+    [(16, 1), (24, 2), (32, 2), (48, 3)]
+    """
+    d = k * d_step
+    return d, max(1, math.floor(d / aspect + 0.5))
+
+
 def _score(m: float, target: float, d: int, n_layers: int, grid: ShapeGrid) -> float:
     return abs(math.log(m / target)) + grid.aspect_weight * abs(
         math.log((d / n_layers) / grid.aspect)
@@ -71,7 +116,6 @@ def dense_shape(
 
     Examples
     --------
-    >>> from moescale.sweep.spec import ShapeGrid
     >>> s = dense_shape(2e5, seq_len=128, vocab_size=256, grid=ShapeGrid())
     >>> abs(flops_per_token(s, seq_len=128) / 2e5 - 1) < 0.05
     True

@@ -1,13 +1,14 @@
 """The run store: one SQLite file (WAL mode, transactions) holding a sweep's runs.
 
-Layout (schema version :data:`STORE_SCHEMA_VERSION`, marked by ``PRAGMA
+Layout (schema version :data:`STORE_SCHEMA_VERSION`; older stores are upgraded in place
+when opened for writing, see :func:`open_store`, marked by ``PRAGMA
 application_id`` = :data:`APPLICATION_ID`, ``PRAGMA user_version`` and the ``meta``
 table)::
 
     meta(key, value)                      app = 'moescale-store', schema_version, created_at
     runs(name PK, key, sweep, family, kind, budget, status, spec_json, train_json,
          plan_json, result_json, error, attempts, wall_seconds, timestamps,
-         + every run-record column)
+         + every run-record column, + the planner's and trainer's columns below)
     curves(run_key, step, tokens, flops, loss, val_loss)     one row per logged/eval step
     VIEW run_records   exactly the run-record columns (moescale.fit.runs), one row per run
     VIEW run_curves    run, step, tokens, compute, loss   (evaluation points, val loss)
@@ -48,7 +49,10 @@ __all__ = [
     "check_plan",
 ]
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
+"""1: first release. 2: planner columns (config, lr_multiplier, rung; budget assigned at
+plan time) and the trainer's evaluation columns (val_loss_se, val_tokens,
+eval_block_losses, train_loss_last5, flops_per_token_full)."""
 APPLICATION_ID = 0x4D4F4553  # "MOES"
 _APP = "moescale-store"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -56,13 +60,22 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 RECORD_COLUMNS: tuple[str, ...] = RUN_COLUMNS
 """The run-record schema of :mod:`moescale.fit.runs` (column order included)."""
 
+PLANNER_COLUMNS: tuple[str, ...] = ("budget", "config", "lr_multiplier", "seed", "rung")
+"""Run-record columns the planner fills when it inserts a run."""
+TRAINER_COLUMNS: tuple[str, ...] = ("val_loss_se", "val_tokens", "eval_block_losses",
+                                    "train_loss_last5", "flops_per_token_full")
+"""Columns passed through from the trainer's result when a run finishes."""
+_FIXED = ("name", "key", "sweep", "family", "kind", "budget", "status", "spec_json",
+          "train_json", "plan_json", "result_json", "error", "attempts", "wall_seconds",
+          "created_at", "started_at", "finished_at", "updated_at")
+
 _TYPES = {
+    "config": "TEXT", "eval_block_losses": "TEXT", "budget": "REAL", "lr_multiplier": "REAL",
+    "val_loss_se": "REAL", "train_loss_last5": "REAL", "flops_per_token_full": "REAL",
     "run": "TEXT", "arch": "TEXT", "flops_convention": "TEXT", "family": "TEXT", "tags": "TEXT",
     "status": "TEXT", "activation_ratio": "REAL", "granularity": "REAL", "shared_ratio": "REAL",
     "flops_per_token": "REAL", "compute": "REAL", "loss": "REAL", "train_loss": "REAL",
-    "learning_rate": "REAL", "config": "TEXT", "eval_block_losses": "TEXT",
-    "lr_multiplier": "REAL", "val_loss_se": "REAL", "train_loss_last5": "REAL",
-    "flops_per_token_full": "REAL",
+    "learning_rate": "REAL",
 }
 _STATUSES = ("planned", "running", "done", "failed")
 _INT64 = 2**63
@@ -72,10 +85,26 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _schema() -> str:
-    rec = [c for c in RECORD_COLUMNS if c not in ("run", "family", "status", "budget")]
-    cols = ",\n  ".join(f"{c} {_TYPES.get(c, 'INTEGER')}" for c in rec)
+def _data_columns() -> list[str]:
+    """Record columns stored in ``runs`` besides the fixed ones, in a stable order."""
+    cols = [*RECORD_COLUMNS, *PLANNER_COLUMNS, *TRAINER_COLUMNS]
+    return [c for c in dict.fromkeys(cols) if c != "run" and c not in _FIXED]
+
+
+def _views() -> str:
     view = ", ".join("name AS run" if c == "run" else c for c in RECORD_COLUMNS)
+    return f"""
+CREATE VIEW run_records AS SELECT {view} FROM runs ORDER BY budget, name;
+CREATE VIEW run_curves AS
+  SELECT r.name AS run, c.step AS step, c.tokens AS tokens, c.flops AS compute,
+         c.val_loss AS loss
+  FROM curves c JOIN runs r ON r.key = c.run_key
+  WHERE c.val_loss IS NOT NULL ORDER BY r.name, c.step;
+"""
+
+
+def _schema() -> str:
+    cols = ",\n  ".join(f"{c} {_TYPES.get(c, 'INTEGER')}" for c in _data_columns())
     return f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (
@@ -109,13 +138,7 @@ CREATE TABLE curves (
   val_loss REAL,
   PRIMARY KEY (run_key, step)
 );
-CREATE VIEW run_records AS SELECT {view} FROM runs ORDER BY budget, name;
-CREATE VIEW run_curves AS
-  SELECT r.name AS run, c.step AS step, c.tokens AS tokens, c.flops AS compute,
-         c.val_loss AS loss
-  FROM curves c JOIN runs r ON r.key = c.run_key
-  WHERE c.val_loss IS NOT NULL ORDER BY r.name, c.step;
-"""
+""" + _views()
 
 
 def _check_existing(path: Path) -> None:
@@ -283,6 +306,18 @@ class RunStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Run key → ``{"status", "loss", "loss_se", "blocks"}`` of every stored run (what
+        the planner re-plans from: :func:`moescale.sweep.planner.plan_sweep`); ``blocks``
+        is the final evaluation's per-block mean losses (``None`` if unknown)."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, status, loss, se, blocks in self._con.execute(
+                "SELECT key, status, loss, val_loss_se, eval_block_losses FROM runs "
+                "ORDER BY name"):
+            out.setdefault(key, {"status": status, "loss": loss, "loss_se": se,
+                                 "blocks": json.loads(blocks) if blocks else None})
+        return out
+
     def measured_throughput(self) -> float | None:
         """Median Ling FLOPs/s of finished runs (compute / wall seconds), if any."""
         rows = self._con.execute(
@@ -320,7 +355,7 @@ class RunStore:
                 cols = ["name", "key", "sweep", "family", "kind", "budget", "status",
                         "spec_json", "train_json", "plan_json", "created_at", "updated_at",
                         *row]
-                vals = [r.name, r.key, plan.spec.name, r.family, r.kind, r.budget, "planned",
+                vals = [r.name, r.key, plan.sweep.name, r.family, r.kind, r.budget, "planned",
                         json.dumps(r.spec.to_dict(), sort_keys=True, default=str),
                         json.dumps(r.config.to_dict(), sort_keys=True, default=str),
                         json.dumps(_finite_dict(r.row()), sort_keys=True, default=str), now, now,
@@ -328,6 +363,13 @@ class RunStore:
                 con.execute(f"INSERT INTO runs ({','.join(cols)}) VALUES "
                             f"({','.join('?' * len(cols))})", vals)
         return {n: s for n, (_, s) in self._statuses().items() if n in {r.name for r in plan.runs}}
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON unless a string) under ``key`` in the ``meta`` table."""
+        text = value if isinstance(value, str) else json.dumps(_finite_dict(value),
+                                                              sort_keys=True, default=str)
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
 
     def _statuses(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in
@@ -355,13 +397,11 @@ class RunStore:
         # requested budget C).
         src = {"loss": "loss", "train_loss": "train_loss", "tokens": "tokens",
                "compute": "flops", "learning_rate": "learning_rate",
-               "batch_tokens": "batch_tokens", "flops_per_token": "flops_per_token",
-               "val_loss_se": "val_loss_se", "val_tokens": "val_tokens",
-               "train_loss_last5": "train_loss_last5",
-               "flops_per_token_full": "flops_per_token_full"}
+               "batch_tokens": "batch_tokens", "flops_per_token": "flops_per_token"}
+        src.update({c: c for c in TRAINER_COLUMNS})
         upd = {k: _finite(result[v]) for k, v in src.items() if result.get(v) is not None}
-        if isinstance(result.get("eval_block_losses"), list):  # the trainer's final evaluation
-            upd["eval_block_losses"] = json.dumps(result["eval_block_losses"])
+        if isinstance(upd.get("eval_block_losses"), (list, tuple)):
+            upd["eval_block_losses"] = json.dumps(_finite_dict(upd["eval_block_losses"]))
         sets = ", ".join(f"{k} = ?" for k in upd)
         with self.transaction() as con:
             con.execute(
@@ -473,7 +513,44 @@ def _record_from_plan(r: Any) -> dict[str, Any]:
         "tokens": r.tokens, "compute": r.compute, "loss": None, "train_loss": None,
         "learning_rate": r.learning_rate, "batch_tokens": r.batch_tokens,
         "seq_len": r.config.seq_len, "seed": r.config.seed, "tags": ";".join(r.tags),
+        "config": r.arch_config, "lr_multiplier": r.lr_multiplier, "rung": r.rung,
     }
+
+
+def _upgrade(store: RunStore) -> None:
+    """Bring an older (or older-column) store to this schema, in one transaction: add
+    missing columns, fill the planner's columns of existing runs from their stored spec
+    and config, rebuild the views, bump the version. Idempotent."""
+    con = store._con
+    have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+    missing = [c for c in _data_columns() if c not in have]
+    view_cols = [r[1] for r in con.execute("PRAGMA table_info(run_records)")]
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if not missing and view_cols == list(RECORD_COLUMNS) and version == STORE_SCHEMA_VERSION:
+        return
+    from moescale.spec.model_spec import ModelSpec
+    from moescale.sweep.families import config_key
+    from moescale.train.config import el_lr_opt
+
+    with store.transaction() as c:
+        for col in missing:
+            c.execute(f"ALTER TABLE runs ADD COLUMN {col} {_TYPES.get(col, 'INTEGER')}")
+        for name, budget, spec_json, train_json in c.execute(
+                "SELECT name, budget, spec_json, train_json FROM runs WHERE config IS NULL "
+                "OR lr_multiplier IS NULL").fetchall():
+            spec, train = json.loads(spec_json), json.loads(train_json)
+            lr = train.get("learning_rate")
+            c.execute("UPDATE runs SET config = ?, lr_multiplier = ? WHERE name = ?",
+                      (config_key(ModelSpec.from_dict(spec)),
+                       1.0 if lr is None or not budget else lr / el_lr_opt(budget), name))
+        c.execute("DROP VIEW IF EXISTS run_records")
+        c.execute("DROP VIEW IF EXISTS run_curves")
+        for stmt in _views().split(";"):
+            if stmt.strip():
+                c.execute(stmt)
+        c.execute(f"PRAGMA user_version = {STORE_SCHEMA_VERSION}")
+        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                  (str(STORE_SCHEMA_VERSION),))
 
 
 def open_store(path: str | os.PathLike, *, create: bool = True,
@@ -527,4 +604,10 @@ def open_store(path: str | os.PathLike, *, create: bool = True,
             c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
                           [("app", _APP), ("schema_version", str(STORE_SCHEMA_VERSION)),
                            ("created_at", _now())])
+    else:
+        try:
+            _upgrade(store)
+        except BaseException:
+            store.close()
+            raise
     return store
