@@ -11,22 +11,22 @@ from pathlib import Path
 import pytest
 
 from moescale.errors import ConfigError
+from moescale.sweep.config import parse_sweep_config
 from moescale.sweep.execute import _probe_runs_folder, run_sweep
 from moescale.sweep.planner import plan_sweep
 from moescale.sweep.runner import read_curve
-from moescale.sweep.spec import parse_sweep_spec
 from moescale.sweep.store import open_store
 
 TESTS = str(Path(__file__).parent)
 
 
 def _plan(resources=None, budgets=(1e12, 3e12), train=None, name="g"):
-    doc = {"sweep": {"name": name, "budgets": list(budgets)}, "dense": {"sizes": [0.5, 1]}}
+    doc = {"sweep": {"name": name, "budgets": list(budgets)}, "dense": {"sizes": [0.25, 4]}}
     if resources is not None:
         doc["resources"] = resources
     if train is not None:
         doc["train"] = train
-    return plan_sweep(parse_sweep_spec(doc))
+    return plan_sweep(parse_sweep_config(doc))
 
 
 def seen_run(payload):
@@ -229,9 +229,9 @@ TINY_2PROC = {
 def test_real_two_process_gloo_run_through_a_sweep_matches_one_process(tmp_path):
     """A sweep run with nproc 2 trains under torchrun (gloo DDP) and records the same
     loss as the same run in one process (DDP averages the same global batch)."""
-    two = plan_sweep(parse_sweep_spec({**TINY_2PROC,
+    two = plan_sweep(parse_sweep_config({**TINY_2PROC,
                                        "resources": {"nproc": 2, "cpus_per_run": 2}}))
-    one = plan_sweep(parse_sweep_spec(TINY_2PROC))
+    one = plan_sweep(parse_sweep_config(TINY_2PROC))
     assert [r.key for r in two.runs] == [r.key for r in one.runs]  # resources: not in key
     results, curves = {}, {}
     for label, plan in (("two", two), ("one", one)):

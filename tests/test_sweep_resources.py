@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from moescale.errors import ConfigError
+from moescale.sweep.config import parse_sweep_config
 from moescale.sweep.launch import torchrun_command
 from moescale.sweep.planner import plan_sweep
 from moescale.sweep.resources import (
@@ -18,21 +19,20 @@ from moescale.sweep.resources import (
     local_gpu_count,
     resolve_resources,
 )
-from moescale.sweep.spec import parse_sweep_spec
 
 DOC = {"sweep": {"name": "r", "budgets": [1e12]}, "dense": {"sizes": [1]},
        "family": [{"kind": "activation", "name": "act", "n_experts": [4]}]}
 
 
 def test_table_with_family_override_reaches_the_spec():
-    sw = parse_sweep_spec({**DOC, "resources": {"gpus_per_run": 1, "cpus_per_run": 4,
+    sw = parse_sweep_config({**DOC, "resources": {"gpus_per_run": 1, "cpus_per_run": 4,
                                                 "family": {"act": {"gpus_per_run": 2}}}})
     assert sw.resources.for_family("dense") == ResourceRequest(gpus_per_run=1, cpus_per_run=4)
     assert sw.resources.for_family("act") == ResourceRequest(gpus_per_run=2, cpus_per_run=4)
     assert sw.to_dict()["resources"] == {"gpus_per_run": 1, "cpus_per_run": 4,
                                          "family": {"act": {"gpus_per_run": 2}}}
     assert plan_sweep(sw).to_dict()["resources"] == sw.to_dict()["resources"]
-    assert parse_sweep_spec(DOC).resources.for_family("act") == ResourceRequest()
+    assert parse_sweep_config(DOC).resources.for_family("act") == ResourceRequest()
 
 
 @pytest.mark.parametrize("table, match", [
@@ -49,7 +49,7 @@ def test_table_with_family_override_reaches_the_spec():
 ])
 def test_bad_tables_are_one_line_errors(table, match):
     with pytest.raises(ConfigError, match=match) as info:
-        parse_sweep_spec({**DOC, "resources": table})
+        parse_sweep_config({**DOC, "resources": table})
     assert "\n" not in str(info.value)
 
 

@@ -8,9 +8,10 @@ loses nothing: finished runs are in the store; a run that was in flight is still
 ``running`` there and its folder holds the trainer's last checkpoint, so the next
 ``run_sweep`` resumes it.
 
-Executors (:data:`EXECUTORS`, the ``backend`` argument): ``local`` — ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn``
-context; each run gets its own cores and GPUs from a
-:class:`~moescale.sweep.resources.DevicePool` (CPU affinity, ``CUDA_VISIBLE_DEVICES``);
+Executors (:data:`EXECUTORS`, the ``backend`` argument): ``local`` —
+``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` context; each run gets its
+own cores and GPUs from a :class:`~moescale.sweep.resources.DevicePool` (CPU affinity,
+``CUDA_VISIBLE_DEVICES``);
 ``ray`` — one task per run requesting the run's ``num_cpus`` / ``num_gpus`` on
 ``ray.init(address=...)`` or a local instance; ``inline`` — in this process (debugging,
 tests). A run's resources come from the config's ``[resources]`` table
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moescale.errors import ConfigError
-from moescale.sweep.launch import run_placed
 from moescale.sweep.config import SweepConfig
+from moescale.sweep.launch import run_placed
 from moescale.sweep.planner import PlannedRun, SweepPlan, plan_sweep
 from moescale.sweep.resources import (
     DevicePool,
