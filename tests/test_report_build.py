@@ -50,7 +50,8 @@ def _store(tmp_path, doc, noise=0.0):
 
 
 FULL = {"sweep": {"name": "synth", "budgets": [1e12, 3e12, 1e13]},
-        "dense": {"rungs": 3},
+        "shape": {"head_dim": 8}, "ladder": {"d_step": 8, "aspect": 64},  # fine rungs
+        "dense": {"sizes": [0.5, 1, 2]},
         "family": [{"kind": "activation", "name": "act", "n_experts": [4, 8, 16],
                     "ladder": False, "control": False},
                    {"kind": "granularity", "name": "gran", "granularities": [2, 4, 8],
