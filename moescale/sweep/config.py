@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 _TOKENIZER_VOCAB = {"byte": 257}
+BUDGET_MIN = 1e6
+"""Smallest compute budget planned (FLOPs): below it the [EL] Table 1 M_opt(C) is under
+one FLOP per token and no shape exists."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,7 +200,7 @@ def _parse_ladder(table: dict[str, Any], grid: ShapeGrid) -> LadderConfig:
 def _parse_lr_scan(table: dict[str, Any], budgets: tuple[float, ...]) -> LrScan:
     _check_keys(table, {"budget", "lr_multipliers"}, "[lr_scan]")
     budget = table.get("budget", budgets[0])
-    check_range("lr_scan.budget", budget, low=0, low_inclusive=False, high=COMPUTE_MAX)
+    check_range("lr_scan.budget", budget, low=BUDGET_MIN, high=COMPUTE_MAX)
     kw: dict[str, Any] = {"budget": float(budget)}
     if "lr_multipliers" in table:
         kw["lr_multipliers"] = tuple(sorted(_num_list(table["lr_multipliers"],
@@ -220,7 +223,8 @@ def _parse_sweep_table(sweep: Any) -> dict[str, Any]:
         raise ConfigError("'sweep.budgets' is required: a list of compute budgets in FLOPs")
     kw: dict[str, Any] = {"name": name,
                           "budgets": tuple(sorted(_num_list(sweep["budgets"], "sweep.budgets",
-                                                            low=0, high=COMPUTE_MAX)))}
+                                                            low=BUDGET_MIN, low_inclusive=True,
+                                                            high=COMPUTE_MAX)))}
     for key, low in (("seq_len", 1), ("seed", 0), ("seeds", 1), ("vocab_size", 2)):
         if key in sweep:
             check_range(f"sweep.{key}", sweep[key], low=low, integer=True)

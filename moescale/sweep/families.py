@@ -249,11 +249,11 @@ class LadderFamily(Family):
     """IsoFLOP ladder per configuration (``false``: one searched size per budget)."""
     rungs: int | None = _opt(None, low=3)
     """Base rungs per ladder (``None``: the sweep's ``[ladder] rungs``)."""
-    sizes: tuple[float, ...] | None = _opt(None, low=0, low_inclusive=False)
+    sizes: tuple[float, ...] | None = _opt(None, low=1e-3, high=1e3)
     """Explicit rung targets as multiples of M_opt(C) (each maps to the nearest rung)."""
     m_target: str = _opt("moe", choices=("moe", "dense"))
     """Which [EL] Table 1 allocation law centres the ladder (``AllocationLaw.published``)."""
-    m_scale: float = _opt(1.0, low=0, low_inclusive=False)
+    m_scale: float = _opt(1.0, low=1e-3, high=1e3)
     """Multiplier on the centre M_opt(C)."""
     n_dense_layers: int = _opt(0, low=0)
     """Leading dense layers ([EL]: 0–3, neutral)."""
