@@ -192,12 +192,13 @@ class Family:
             raise ConfigError(f"'name' in {where} must be a non-empty string without spaces or "
                               f"slashes; got {name!r}")
         kw: dict[str, Any] = {"name": name}
+        prefix = "dense" if where == "[dense]" else f"family.{name}"
         for key, value in table.items():
-            kw[key] = _coerce(hints[key], value, f"family.{name}.{key}", fields[key].metadata)
+            kw[key] = _coerce(hints[key], value, f"{prefix}.{key}", fields[key].metadata)
         if kw.get("budgets") is not None:
             missing = [b for b in kw["budgets"] if b not in budgets]
             if missing:
-                raise ConfigError(f"'family.{name}.budgets' must be a subset of sweep.budgets "
+                raise ConfigError(f"'{prefix}.budgets' must be a subset of sweep.budgets "
                                   f"{list(budgets)}; got {missing}")
         fam = klass(**kw)
         fam.check()
