@@ -24,6 +24,7 @@ from moescale.train.step import TrainParts
 
 __all__ = [
     "Runtime",
+    "flush_denormal_enabled",
     "runtime_settings",
     "open_training_data",
     "build_training_model",
@@ -84,6 +85,16 @@ def _auto_compile(cuda: bool, moe: bool, plan: TrainPlan | None) -> bool:
         return True
     micro_flops = plan.flops_per_token * plan.micro_batch_size * plan.seq_len
     return plan.flops >= COMPILE_MIN_RUN_FLOPS and micro_flops >= SMALL_MICRO_STEP_FLOPS
+
+
+def flush_denormal_enabled() -> bool:
+    """Whether this thread flushes subnormal floats to zero (torch has no getter).
+
+    :func:`runtime_settings` turns flushing on for CPU runs; the state is process-global and
+    also changes numpy's arithmetic, so :func:`~moescale.train.trainer.train` restores it.
+    """
+    tiny = torch.tensor([1e-310], dtype=torch.float64)  # subnormal in float64
+    return bool((tiny * 1.0).item() == 0.0)
 
 
 def runtime_settings(

@@ -55,6 +55,7 @@ from moescale.train.schedule import lr_at
 from moescale.train.setup import (
     build_training,
     eval_block_windows,
+    flush_denormal_enabled,
     open_training_data,
     runtime_settings,
 )
@@ -141,7 +142,7 @@ def train(
     ctx = parallel.init_distributed(config.device)
     # the run sets process-global torch state; give the caller theirs back afterwards
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
+             torch.is_deterministic_algorithms_warn_only_enabled(), flush_denormal_enabled())
     try:
         done = _finished(out, key)
         if done is not None:
@@ -152,6 +153,7 @@ def train(
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.set_flush_denormal(saved[3])
         parallel.shutdown(ctx)
 
 
