@@ -64,10 +64,12 @@ _EL_RANGE = FittedRange.of(
     granularity=(2.0, 16.0, "[EL] granularity ablation grid G in {2,4,6,8,12,16} (LAWS.md §3)"),
     el=(None, EL_FIT_THRESHOLD, "[EL] fitted on points with EL < 6; EL >= 6 held out for "
         "validation", "predicted EL"),
-    unknown=("compute",),
-    note="the compute range of the fitted points is not stated in LAWS.md or the coefficient "
-    "file; it is reported as unknown rather than guessed. The law's EL = 1 break-even "
-    "compute (el_break_even_compute) marks where it predicts MoE no better than dense.",
+    compute=(1e18, 6e20, "approximate span of the [EL] §3 ablation budgets (about 1e18 to "
+             "6e20 FLOPs); the paper prints no exact range and LAWS.md gives none, so treat "
+             "the edges as approximate", "compute C"),
+    note="The law's EL = 1 break-even compute (el_break_even_compute) marks where it "
+    "predicts MoE no better than dense; below ~1e18 FLOPs any comparison with Eq. 13 is an "
+    "extrapolation.",
 )
 
 
