@@ -27,7 +27,12 @@ def _common(method: str, bootstrap: int, seed: int, max_starts: int | None) -> d
     return {"method": method, "n_resamples": bootstrap, "seed": seed, "max_starts": max_starts}
 
 
-def _print_fit(title: str, result: dict[str, Any], names: tuple[str, ...]) -> None:
+def _print_fit(title: str, result: dict[str, Any], names: tuple[str, ...],
+               as_json: bool = False) -> None:
+    """A fitter's summary as one JSON object, or as a table of coefficients with intervals."""
+    if as_json:
+        print_json(result)
+        return
     rows: list[tuple[str, Any]] = []
     ci = result.get("ci", {})
     for k in names:
@@ -70,10 +75,7 @@ def fit_chinchilla_cmd(
                                         None if all_starts else max_starts))
     result = fitter.fit(runs).summary()
     result["dropped_highest"] = drop_highest
-    if as_json:
-        print_json(result)
-        return
-    _print_fit(f"Chinchilla fit ({data.name})", result, ChinchillaFitter.coef_names)
+    _print_fit(f"Chinchilla fit ({data.name})", result, ChinchillaFitter.coef_names, as_json)
 
 
 def fit_power_law_cmd(
@@ -97,10 +99,7 @@ def fit_power_law_cmd(
     fitter = PowerLawFitter(irreducible=irreducible, **_common(method, bootstrap, seed, 64))
     result = fitter.fit(runs).summary()
     result["arch"] = arch
-    if as_json:
-        print_json(result)
-        return
-    _print_fit(f"power law ({arch} runs)", result, fitter.coef_names)
+    _print_fit(f"power law ({arch} runs)", result, fitter.coef_names, as_json)
 
 
 def fit_el_cmd(
@@ -166,10 +165,7 @@ def _fit_law_cmd(kind: str):
         if kind == "fg":
             runs = runs.moe()
         result = cls(**_common(method, bootstrap, seed, 64)).fit(runs).summary()
-        if as_json:
-            print_json(result)
-            return
-        _print_fit(f"{kind} law on {runs_path.name}", result, cls.coef_names)
+        _print_fit(f"{kind} law on {runs_path.name}", result, cls.coef_names, as_json)
 
     command.__doc__ = {
         "fg": "[FG] L(N, D, G) = c + (g/G^γ + a)/N^α + b/D^β (arXiv 2402.07871), MoE runs.",

@@ -309,7 +309,21 @@ _A_MAX_GRID = (10.0, 1e4, 1e16)
 _A_BOUNDS = [(math.log(1e-6), math.log(0.5)), (math.log(1.0), math.log(1e20))]
 
 
-class ELJointFitter(LawFitter):
+class _ELFitter(LawFitter):
+    """Shared columns of the EL fitters: A = E_a/E, G = 2·d/d_expert ([EL]) and C (FLOPs)."""
+
+    target_name = "el"
+
+    def __init__(self, *, activation_column: str = "activation_ratio",
+                 granularity_column: str = "granularity", compute_column: str = "compute",
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.activation_column = activation_column
+        self.granularity_column = granularity_column
+        self.compute_column = compute_column
+
+
+class ELJointFitter(_ELFitter):
     """Joint EL law, [EL] Eq. 13 (arXiv 2507.17702), fitted on log EL.
 
     ``EL = Â^(a + d·log10 C + γ·(log2 G)² + β·log2 G)``, Â the saturating transform of
@@ -322,17 +336,9 @@ class ELJointFitter(LawFitter):
     by linear least squares (log EL is linear in them at fixed Â).
     """
 
-    target_name = "el"
-
-    def __init__(self, *, use_granularity: bool = True,
-                 activation_column: str = "activation_ratio",
-                 granularity_column: str = "granularity", compute_column: str = "compute",
-                 **kwargs) -> None:
+    def __init__(self, *, use_granularity: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.use_granularity = use_granularity
-        self.activation_column = activation_column
-        self.granularity_column = granularity_column
-        self.compute_column = compute_column
 
     coef_names = ("a", "d", "gamma", "beta", "A_start", "A_max")
 
@@ -398,7 +404,7 @@ class ELJointFitter(LawFitter):
         return np.array(head + [math.log(coef["A_start"]), math.log(coef["A_max"])])
 
 
-class ELSeparableFitter(LawFitter):
+class ELSeparableFitter(_ELFitter):
     """Separable EL forms of [EL] (arXiv 2507.17702 §4), fitted on log EL.
 
     ``form="A"``: EL = Â^a_A (A_start, A_max fitted); ``"G"``: log EL = a_G + b_G·ln G·(ln G
@@ -406,17 +412,11 @@ class ELSeparableFitter(LawFitter):
     Fit each at fixed values of the other two variables.
     """
 
-    target_name = "el"
     _FORMS = {"A": ("a_A", "A_start", "A_max"), "G": ("a_G", "b_G", "c_G"), "C": ("a_C", "c_C")}
 
-    def __init__(self, *, form: str = "A", activation_column: str = "activation_ratio",
-                 granularity_column: str = "granularity", compute_column: str = "compute",
-                 **kwargs) -> None:
+    def __init__(self, *, form: str = "A", **kwargs) -> None:
         super().__init__(**kwargs)
         self.form = form
-        self.activation_column = activation_column
-        self.granularity_column = granularity_column
-        self.compute_column = compute_column
 
     @property
     def coef_names(self) -> tuple[str, ...]:  # type: ignore[override]

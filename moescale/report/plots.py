@@ -38,6 +38,19 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _finish(ax: Any, xlabel: str, ylabel: str, *, logy: bool = True,
+            legend: dict | None = None) -> bytes:
+    """Log compute/size axis (and log y), labels, legend and grid; the figure as PNG."""
+    ax.set_xscale("log")
+    if logy:
+        _logy(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(**(legend or {"fontsize": 7, "ncol": 2}))
+    ax.grid(alpha=0.3, which="both")
+    return _png(ax.figure)
+
+
 def _logy(ax: Any) -> None:
     """Log y axis with plain, evenly spread tick labels (losses and EL span less than a
     decade or two, where log-axis ticks at powers of ten would leave the axis bare)."""
@@ -77,13 +90,7 @@ def _loss_vs_compute(an: Analysis) -> bytes | None:
         if e["frontier"] is not None:
             f = e["frontier"]
             ax.plot(cs, f(cs), "--", color=col, lw=1, label=f"MoE {e['label']} β={-f.p:.3f}")
-    ax.set_xscale("log")
-    _logy(ax)
-    ax.set_xlabel("training compute C (FLOPs, Ling M·D)")
-    ax.set_ylabel("final validation loss")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return _finish(ax, "training compute C (FLOPs, Ling M·D)", "final validation loss")
 
 
 def _isoflop(an: Analysis) -> bytes | None:
@@ -103,12 +110,8 @@ def _isoflop(an: Analysis) -> bytes | None:
     if an.dense_points is not None and "m_opt" in an.dense_points:
         ax.scatter(an.dense_points["m_opt"], an.dense_points["loss"], marker="*", s=120,
                    color="red", zorder=5, label="IsoFLOP minimum")
-    ax.set_xscale("log")
-    ax.set_xlabel("FLOPs per token M (Ling, training, non-embedding)")
-    ax.set_ylabel("final validation loss")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return _finish(ax, "FLOPs per token M (Ling, training, non-embedding)",
+                   "final validation loss", logy=False)
 
 
 def _el_vs(an: Analysis, key: str, entries: list[dict], xlabel: str, xs_law) -> bytes | None:
@@ -127,13 +130,7 @@ def _el_vs(an: Analysis, key: str, entries: list[dict], xlabel: str, xs_law) -> 
         law = published_el(*_law_args(key, grid, e))
         ax.plot(grid, law, "--", color=col, lw=1, label=f"Eq. 13 {lab}")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    _logy(ax)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Efficiency Leverage EL")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return _finish(ax, xlabel, "Efficiency Leverage EL")
 
 
 def _law_args(key: str, grid: np.ndarray, e: dict) -> tuple:
@@ -231,13 +228,7 @@ def _curves(an: Analysis) -> bytes | None:
                 color="k" if arch[run] == "dense" else "tab:orange")
     ax.plot([], [], "k-", label="dense")
     ax.plot([], [], "-", color="tab:orange", label="MoE")
-    ax.set_xscale("log")
-    _logy(ax)
-    ax.set_xlabel("compute so far (FLOPs)")
-    ax.set_ylabel("validation loss")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return _finish(ax, "compute so far (FLOPs)", "validation loss", legend=dict(fontsize=8))
 
 
 def make_plots(an: Analysis) -> dict[str, bytes]:
@@ -287,10 +278,4 @@ def _el_vs_compute(an: Analysis) -> bytes | None:
             ax.plot(cs, published_el(A, G, cs), "--", color=col, lw=0.9)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.plot([], [], "k--", lw=0.9, label="[EL] Eq. 13 (same A, G; extrapolated)")
-    ax.set_xscale("log")
-    _logy(ax)
-    ax.set_xlabel("compute C (FLOPs)")
-    ax.set_ylabel("Efficiency Leverage EL")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return _finish(ax, "compute C (FLOPs)", "Efficiency Leverage EL")
