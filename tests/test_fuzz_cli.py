@@ -28,12 +28,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from moescale.cli import main  # noqa: E402
+from moescale.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CASE_TIMEOUT_S = 30.0
