@@ -38,20 +38,20 @@ def _root(
 
 
 def _register_all() -> None:
-    from moescale.cli import count
+    """Every command group registers its commands on :data:`app` (none imports torch)."""
+    from moescale.cli import (
+        bench,
+        count,
+        examples,
+        export,
+        fitting,
+        laws,
+        models,
+        sweeps,
+        training,
+    )
 
-    count.register(app)
-    # Command groups added by later modules register here.
-    import importlib
-
-    for name in ("bench", "laws", "fitting", "training", "sweeps", "models", "examples",
-                 "export"):
-        try:
-            module = importlib.import_module(f"moescale.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"moescale.cli.{name}":
-                raise
-            continue
+    for module in (count, bench, laws, fitting, training, sweeps, models, examples, export):
         module.register(app)
 
 
