@@ -9,6 +9,7 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 from _train_helpers import train_until_crash
 
 from moescale.errors import ConfigError
@@ -30,6 +31,7 @@ def test_tiny_run_reaches_requested_compute(spec, cache, tmp_path):
     compute = 3e9
     cfg = TrainConfig(compute=compute, seq_len=32, cache_dir=cache, log_every=5,
                       learning_rate=3e-3)
+    torch.set_flush_denormal(False)
     result = train(spec, cfg, tmp_path / "run")
     m = flops_per_token(spec, convention="ling", seq_len=32)
     assert result["status"] == "completed", result["error"]

@@ -23,7 +23,7 @@ from moescale.spec.accounting import flops_per_token
 from moescale.spec.model_spec import ModelSpec
 from moescale.train import parallel
 from moescale.train.config import TrainConfig
-from moescale.train.setup import build_training, runtime_settings
+from moescale.train.setup import build_training, restored_torch_state, runtime_settings
 from moescale.train.step import train_step
 from moescale.train.throughput import gemm_peak_rates
 
@@ -42,6 +42,7 @@ def bench_spec(moe: bool = False) -> ModelSpec:
     return ModelSpec(name="bench-dense", **common, d_ffn=1024)
 
 
+@restored_torch_state()
 def bench_train(
     spec: ModelSpec | None = None,
     *,

@@ -8,8 +8,10 @@ one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,7 @@ from moescale.train.step import TrainParts
 __all__ = [
     "Runtime",
     "flush_denormal_enabled",
+    "restored_torch_state",
     "runtime_settings",
     "open_training_data",
     "build_training_model",
@@ -85,6 +88,20 @@ def _auto_compile(cuda: bool, moe: bool, plan: TrainPlan | None) -> bool:
         return True
     micro_flops = plan.flops_per_token * plan.micro_batch_size * plan.seq_len
     return plan.flops >= COMPILE_MIN_RUN_FLOPS and micro_flops >= SMALL_MICRO_STEP_FLOPS
+
+
+@contextlib.contextmanager
+def restored_torch_state() -> Iterator[None]:
+    """Give the caller back the process-global torch settings a run changes: thread count,
+    deterministic algorithms and denormal flushing (which numpy shares). Also a decorator."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), flush_denormal_enabled())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.set_flush_denormal(saved[3])
 
 
 def flush_denormal_enabled() -> bool:

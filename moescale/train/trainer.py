@@ -55,8 +55,8 @@ from moescale.train.schedule import lr_at
 from moescale.train.setup import (
     build_training,
     eval_block_windows,
-    flush_denormal_enabled,
     open_training_data,
+    restored_torch_state,
     runtime_settings,
 )
 from moescale.train.sharded import load_sharded, save_sharded
@@ -140,20 +140,15 @@ def train(
     if folder.record is not None:
         _check_same_run(folder.record["run_key"], key, folder.record_path)
     ctx = parallel.init_distributed(config.device)
-    # the run sets process-global torch state; give the caller theirs back afterwards
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), flush_denormal_enabled())
     try:
-        done = _finished(out, key)
-        if done is not None:
-            return done
-        run = _Run(spec, config, out, ctx, key, progress, ignore_memory_check)
-        with _claimed(out, ctx):  # created only now: a refused run leaves no folder
-            return run.run()
+        with restored_torch_state():  # the run sets process-global torch state
+            done = _finished(out, key)
+            if done is not None:
+                return done
+            run = _Run(spec, config, out, ctx, key, progress, ignore_memory_check)
+            with _claimed(out, ctx):  # created only now: a refused run leaves no folder
+                return run.run()
     finally:
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-        torch.set_flush_denormal(saved[3])
         parallel.shutdown(ctx)
 
 
