@@ -224,3 +224,17 @@ def test_report_on_a_table_without_model_sizes(tmp_path):
     assert "isoflop" not in rep.plots and rep.html_path.exists()
     runs = rep.analysis.measurement.runs
     assert len(runs) == 2 and (runs["el"] > 1).all()
+
+
+def test_summary_names_a_learning_rate_pick_at_the_edge_of_its_scan():
+    import pandas as pd
+
+    from moescale.report.summary import _lr_multipliers
+
+    rows = [{"config": c, "tags": "hparam;lr_scan", "lr_multiplier": m}
+            for c in ("dense", "moe") for m in (0.25, 0.5, 1, 2)]
+    rows += [{"config": "dense", "tags": "dense;ladder", "lr_multiplier": 0.5},
+             {"config": "moe", "tags": "activation;ladder", "lr_multiplier": 0.25}]
+    got = _lr_multipliers(pd.DataFrame(rows))
+    assert got["dense"] == "0.5"
+    assert got["moe"] == "0.25 (at the edge of the scan ×0.25–×2: not bracketed)"

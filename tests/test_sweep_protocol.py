@@ -159,8 +159,32 @@ def test_learning_rate_scan_picks_each_configurations_multiplier(tmp_path):
     for r in ladder:
         assert r["learning_rate"] == pytest.approx(0.5 * el_lr_opt(BUDGET))
     scan = [r for r in recs if r["family"] == "lr_scan"]
-    assert sorted(r["lr_multiplier"] for r in scan) == [0.5] * 3 + [1.0] * 3 + [2.0] * 3
+    # x0.5 won at the low end of x0.5/x1/x2, so x0.25 was added and lost: bracketed
+    assert sorted(r["lr_multiplier"] for r in scan) == (
+        [0.25] * 3 + [0.5] * 3 + [1.0] * 3 + [2.0] * 3)
     assert all(r["tags"].startswith("hparam;lr_scan") for r in scan)
+    assert not any("learning-rate scan" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize(("best_lr", "added", "flagged"), [
+    (1.0, [], False),               # interior best: the grid as given
+    (3.0, [4.0, 8.0], False),       # high end: x4 added and wins, x8 added and loses
+    (0.05, [0.25, 0.125], True),    # still at the low end after max_extend = 2
+])
+def test_learning_rate_scan_extends_until_its_best_is_bracketed(tmp_path, best_lr, added,
+                                                                 flagged):
+    sw = parse_sweep_config(_doc(lr_scan={"budget": BUDGET}))
+    fake = SyntheticLoss(m_star=_base_rungs(_doc())[2], best_lr=best_lr)
+    with open_store(tmp_path / "s.db") as st:
+        _, plan = run_adaptive(sw, st, backend="inline", run_fn=fake)
+        scan = sorted(r["lr_multiplier"] for r in st.records() if r["family"] == "lr_scan")
+    assert scan == pytest.approx(sorted([0.5, 1.0, 2.0, *added]))
+    expect = min(scan, key=lambda m: abs(math.log(m / best_lr)))
+    assert plan.lr_multipliers == {"dense": pytest.approx(expect)}
+    notes = [n for n in plan.notes if "learning-rate scan" in n]
+    assert bool(notes) == flagged
+    if flagged:
+        assert "not bracketed" in notes[0] and "×0.125" in notes[0]
 
 
 def test_seeds_plan_replicates_that_differ_only_in_seed():

@@ -215,10 +215,17 @@ def _lr_multipliers(df: Any) -> dict[str, str]:
     tags = df["tags"].astype("string").fillna("")
     ladder = df[~tags.str.startswith("hparam").to_numpy(dtype=bool)]
     out = {}
+    scan = df[tags.str.contains("lr_scan").to_numpy(dtype=bool)]
     for cfg, g in ladder.groupby("config", sort=True):
         vals = sorted({float(v) for v in g["lr_multiplier"].dropna()})
-        if vals:
-            out[str(cfg)] = "/".join(f"{v:g}" for v in vals)
+        if not vals:
+            continue
+        out[str(cfg)] = "/".join(f"{v:g}" for v in vals)
+        scanned = sorted({float(v) for v in scan.loc[scan["config"] == cfg, "lr_multiplier"]
+                          .dropna()})
+        if len(scanned) >= 2 and len(vals) == 1 and vals[0] in (scanned[0], scanned[-1]):
+            out[str(cfg)] += (f" (at the edge of the scan ×{scanned[0]:g}–×{scanned[-1]:g}: "
+                              "not bracketed)")
     return out
 
 

@@ -81,6 +81,10 @@ class LrScan:
 
     budget: float
     lr_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
+    max_extend: int = 2
+    """Most multipliers added beyond each end of the grid while the best loss sits at that
+    end (each one grid step further, the step being the ratio of the two end multipliers):
+    the pick is then bracketed, or flagged in the plan's notes (0: no extension)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,7 +202,7 @@ def _parse_ladder(table: dict[str, Any], grid: ShapeGrid) -> LadderConfig:
 
 
 def _parse_lr_scan(table: dict[str, Any], budgets: tuple[float, ...]) -> LrScan:
-    _check_keys(table, {"budget", "lr_multipliers"}, "[lr_scan]")
+    _check_keys(table, {"budget", "lr_multipliers", "max_extend"}, "[lr_scan]")
     budget = table.get("budget", budgets[0])
     check_range("lr_scan.budget", budget, low=BUDGET_MIN, high=COMPUTE_MAX)
     kw: dict[str, Any] = {"budget": float(budget)}
@@ -208,6 +212,9 @@ def _parse_lr_scan(table: dict[str, Any], budgets: tuple[float, ...]) -> LrScan:
         if len(kw["lr_multipliers"]) < 2:
             raise ConfigError("'lr_scan.lr_multipliers' must list at least 2 multipliers; got "
                               f"{list(kw['lr_multipliers'])}")
+    if "max_extend" in table:
+        check_range("lr_scan.max_extend", table["max_extend"], low=0, high=8, integer=True)
+        kw["max_extend"] = int(table["max_extend"])
     return LrScan(**kw)
 
 

@@ -281,23 +281,47 @@ class _Planner:
                 base = _centre_member(fam, arch, scan.budget, self.sw)
                 if base.config in self.lr:
                     continue
-                grid = hparam_grid(base, scan.budget, self.sw, scan.lr_multipliers,
-                                   tags=("hparam", "lr_scan", base.config))
-                runs = [self.make(m, family="lr_scan", kind="lr_scan", budget=scan.budget,
-                                  seed=self.sw.seed,
-                                  name=f"lr_scan-{fam.name}-{budget_tag(scan.budget)}-"
-                                       f"{m.label}") for m in grid]
-                self.runs += runs
-                losses = {m.lr_multiplier: self.loss(r) for m, r in zip(grid, runs, strict=True)}
-                done = {k: v[0] for k, v in losses.items() if v is not None}
-                if not self.finished(runs):
-                    self.lr[base.config] = None
-                elif not done:
-                    self.lr[base.config] = None
-                    self.notes.append(f"every learning-rate scan run of {base.config} failed: "
-                                      "its ladders are not planned (see the failures)")
-                else:
-                    self.lr[base.config] = min(done, key=lambda k: (done[k], abs(math.log(k))))
+                self.lr[base.config] = self._scan(fam, base, scan)
+
+    def _scan(self, fam: LadderFamily, base: Member, scan: Any) -> float | None:
+        """One configuration's scan: its multiplier, or ``None`` while runs are pending
+        (or all failed). While the best loss sits at an end of the grid, one more
+        multiplier is added beyond that end (up to ``scan.max_extend`` per side), so the
+        pick is bracketed by a worse multiplier on each side or flagged in the notes."""
+        mults = list(scan.lr_multipliers)
+        added = {"low": 0, "high": 0}
+        while True:
+            grid = hparam_grid(base, scan.budget, self.sw, tuple(mults),
+                               tags=("hparam", "lr_scan", base.config))
+            runs = [self.make(m, family="lr_scan", kind="lr_scan", budget=scan.budget,
+                              seed=self.sw.seed,
+                              name=f"lr_scan-{fam.name}-{budget_tag(scan.budget)}-{m.label}")
+                    for m in grid]
+            listed = {r.key for r in self.runs}
+            self.runs += [r for r in runs if r.key not in listed]
+            if not self.finished(runs):
+                return None
+            losses = {m.lr_multiplier: self.loss(r) for m, r in zip(grid, runs, strict=True)}
+            done = {k: v[0] for k, v in losses.items() if v is not None}
+            if not done:
+                self.notes.append(f"every learning-rate scan run of {base.config} failed: "
+                                  "its ladders are not planned (see the failures)")
+                return None
+            best = min(done, key=lambda k: (done[k], abs(math.log(k))))
+            end = "low" if best == mults[0] else "high" if best == mults[-1] else None
+            if end is None:
+                return best
+            if added[end] >= scan.max_extend:
+                self.notes.append(
+                    f"learning-rate scan of {base.config}: the best multiplier ×{best:g} is "
+                    f"at the {end} end of the scanned grid ({', '.join(f'×{m:g}' for m in mults)}"
+                    f"), not bracketed; its ladders use it")
+                return best
+            added[end] += 1
+            if end == "low":
+                mults.insert(0, mults[0] * mults[0] / mults[1])
+            else:
+                mults.append(mults[-1] * mults[-1] / mults[-2])
 
     # ------------------------------------------------------------------ ladders
     def ladder(self, fam: LadderFamily, arch: Architecture, budget: float) -> None:
