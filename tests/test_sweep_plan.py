@@ -293,7 +293,8 @@ def test_demo_configs_run_the_protocol():
                                                     "moe-E8-k2-s1-G2"}
     assert max(f.n_seeds(full) for f in full.families) >= 2
     thorough = load_sweep_config(demo_config_path(thorough=True))
-    assert thorough.seeds >= 2 and len(thorough.budgets) > len(full.budgets)
+    assert thorough.seeds >= 2 and len(thorough.budgets) >= len(full.budgets)
+    assert all(f.n_seeds(thorough) >= 2 for f in thorough.families)
     with pytest.raises(ConfigError, match="exclude each other"):
         demo_config_path(quick=True, thorough=True)
 

@@ -180,6 +180,36 @@ def extension_side(m: Any, loss: Any, loss_se: Any = None, *,
     return "lower" if not lower_ok else "higher"
 
 
+def paired_se(m: Any, loss: Any, blocks: Any) -> list[float]:
+    """Per run: the SE of its rung's loss minus the best rung's, paired over evaluation
+    blocks shared by every run (replicates averaged block by block), scaled by √n_rung so
+    that :func:`rungs` averaging the rung's n runs gives that SE back.
+
+    Evaluation-sample noise common to all runs (the same validation blocks) cancels in the
+    difference, so it is resolved far better than either loss's own ``val_loss_se``. This is
+    the SE the bracketing test (:func:`extension_side`) uses, in the planner and in
+    :func:`fit_isoflop` alike.
+
+    Examples
+    --------
+    >>> common = [3.0, 2.0, 4.0, 1.0]      # block difficulty, shared by every run
+    >>> blocks = [[c + d for c in common] for d in (0.2, 0.0, 0.01, 0.3)]
+    >>> [round(s, 3) for s in paired_se([1, 2, 3, 4], [2.7, 2.5, 2.51, 2.8], blocks)]
+    [0.0, 0.0, 0.0, 0.0]
+    """
+    b = np.asarray(blocks, dtype=float)
+    m, loss = list(m), list(loss)
+    ms = sorted(set(m))
+    rung = np.array([ms.index(x) for x in m])
+    means = np.array([np.mean([loss[i] for i in np.flatnonzero(rung == j)])
+                      for j in range(len(ms))])
+    vec = np.stack([b[rung == j].mean(axis=0) for j in range(len(ms))])
+    diff = vec - vec[int(np.argmin(means))]
+    se = diff.std(axis=1, ddof=1) / math.sqrt(b.shape[1])
+    n = np.bincount(rung)
+    return [float(se[j] * math.sqrt(n[j])) for j in rung]
+
+
 def _design(x: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(x), x, x * x], axis=1)
 
@@ -203,6 +233,7 @@ def bounded_vertex(coef: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, 
 def fit_isoflop(
     m: Any, loss: Any, loss_se: Any = None, *, level: float = 0.9, n_boot: int = N_BOOT,
     seed: int = 0, budget: float | None = None, min_each_side: int = 2,
+    bracket_se: Any = None,
 ) -> IsoFlopOptimum:
     """Fit one IsoFLOP ladder: the vertex of a parabola in ln M, with a ``level`` interval.
 
@@ -220,6 +251,10 @@ def fit_isoflop(
         Parametric-bootstrap replicates (0: no interval, bounds NaN).
     budget : float, optional
         The budget the ladder belongs to (carried into the result).
+    bracket_se : array-like, optional
+        Per run, the SE of its loss difference to the best rung (:func:`paired_se` from
+        shared evaluation blocks): the bracketing test uses it instead of ``loss_se``, as
+        the sweep planner does, so both call the same ladders bracketed.
 
     Returns
     -------
@@ -234,8 +269,9 @@ def fit_isoflop(
     k = len(r["m"])
     x = np.log(r["m"])
     flags: list[str] = []
-    side = extension_side(r["m"], r["loss"], r["se"], min_each_side=min_each_side) \
-        if k >= 1 else "both"
+    side = (extension_side(r["m"], r["loss"], r["se"], min_each_side=min_each_side)
+            if bracket_se is None else
+            extension_side(m, loss, bracket_se, min_each_side=min_each_side))
     if side is not None:
         flags.append(f"not-bracketed-{side}")
     sd = r["sd"][np.isfinite(r["sd"])]

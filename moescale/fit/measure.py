@@ -62,7 +62,7 @@ from moescale.fit.frontier import (
     frontier_loss,
     heldout_error,
 )
-from moescale.fit.isoflop import bounded_vertex, fit_isoflop
+from moescale.fit.isoflop import bounded_vertex, fit_isoflop, paired_se
 from moescale.fit.leverage import LABEL_COLUMNS
 from moescale.fit.runs import RunTable, assign_budgets, assign_configs
 
@@ -243,6 +243,19 @@ def _fixed_d(dense: pd.DataFrame) -> bool:
             if np.isfinite(v).all():
                 return bool(np.all(np.abs(v - v[0]) <= 1e-6 * abs(v[0])))
     return False
+
+
+def _bracket_se(sub: pd.DataFrame) -> list[float] | None:
+    """Paired SEs for the bracketing test when every run of the ladder was evaluated on
+    the same number of blocks (:func:`~moescale.fit.isoflop.paired_se`, as the planner)."""
+    if "eval_block_losses" not in sub or len(sub) < 2:
+        return None
+    blocks = [_blocks(v, r) for v, r in zip(sub["eval_block_losses"], sub["run"], strict=True)]
+    if any(b is None for b in blocks) or len({len(b) for b in blocks}) != 1 \
+            or len(blocks[0]) < 2:
+        return None
+    return paired_se(sub["_m"].to_numpy(float).tolist(), sub["loss"].to_numpy(float).tolist(),
+                     [b.tolist() for b in blocks])
 
 
 def _run_boot(df: pd.DataFrame, R: int, rng: np.random.Generator) -> np.ndarray:
@@ -430,8 +443,9 @@ def _ladders(ladder: pd.DataFrame, members: list[np.ndarray], Lgrp: np.ndarray,
         idx = np.concatenate([members[g] for g in gs])
         sub = ladder.iloc[idx]
         opt = fit_isoflop(sub["_m"].to_numpy(float), sub["loss"].to_numpy(float),
-                          se_run[idx], level=level, budget=float(bud))  # fixed seed: the
-        # optimum and its interval (the frontier weights) never depend on the joint bootstrap
+                          se_run[idx], level=level, budget=float(bud),
+                          bracket_se=_bracket_se(sub))  # fixed seed: the optimum and its
+        # interval (the frontier weights) never depend on the joint bootstrap
         row0 = sub.iloc[0]
         k = opt.n_rungs
         rep = Lgrp[:, gs]

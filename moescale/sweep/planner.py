@@ -32,10 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from moescale.errors import ConfigError
-from moescale.fit.isoflop import extension_side
+from moescale.fit.isoflop import extension_side, paired_se
 from moescale.spec.accounting import count_params, flops_per_token
 from moescale.spec.model_spec import ModelSpec
 from moescale.sweep.config import SweepConfig
@@ -258,8 +256,9 @@ class _Planner:
 
         Every run of a ladder is evaluated on the same validation blocks, so a rung's
         loss difference from the best rung is known far better than either loss
-        (:func:`_paired_se`). When every run has its block losses, each run's SE is the
-        paired SE of its rung's difference from the best rung (0 for the best rung;
+        (:func:`~moescale.fit.isoflop.paired_se`, which the report's fit uses too). When
+        every run has its block losses, each run's SE is the paired SE of its rung's
+        difference from the best rung (0 for the best rung;
         ``extension_side`` then compares √(SE_i² + 0) with the difference); otherwise the
         runs' own ``val_loss_se``.
         """
@@ -267,7 +266,7 @@ class _Planner:
         blocks = [self.results[r.key].get("blocks") for r, _ in rows]
         points = [(r.flops_per_token, ls[0], ls[1]) for r, ls in rows]
         if rows and all(isinstance(b, list) and len(b) == len(blocks[0]) > 1 for b in blocks):
-            se = _paired_se([p[0] for p in points], [p[1] for p in points], blocks)
+            se = paired_se([p[0] for p in points], [p[1] for p in points], blocks)
             points = [(m, loss, s) for (m, loss, _), s in zip(points, se, strict=True)]
         return points
 
@@ -386,23 +385,6 @@ def _centre_member(fam: LadderFamily, arch: Architecture, budget: float,
     target = math.log(fam.centre(budget))
     return min(members, key=lambda m: abs(math.log(flops_per_token(m.spec, seq_len=sw.seq_len))
                                           - target))
-
-
-def _paired_se(m: list[float], loss: list[float], blocks: list[list[float]]) -> list[float]:
-    """Per run: the paired SE of its rung's mean block losses minus the best rung's
-    (replicates averaged block by block), scaled by √n_rung so that averaging the rung's
-    n runs (as :func:`moescale.fit.isoflop.rungs` does) gives that SE back."""
-    b = np.asarray(blocks, dtype=float)
-    ms = sorted(set(m))
-    rung = np.array([ms.index(x) for x in m])
-    means = np.array([np.mean([loss[i] for i in np.flatnonzero(rung == j)])
-                      for j in range(len(ms))])
-    vec = np.stack([b[rung == j].mean(axis=0) for j in range(len(ms))])
-    best = int(np.argmin(means))
-    diff = vec - vec[best]
-    se = diff.std(axis=1, ddof=1) / math.sqrt(b.shape[1])
-    n = np.bincount(rung)
-    return [float(se[j] * math.sqrt(n[j])) for j in rung]
 
 
 def plan_sweep(sw: SweepConfig, *, results: Mapping[str, Mapping[str, Any]] | None = None,
