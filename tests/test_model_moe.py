@@ -49,7 +49,13 @@ def _starve(layer: MoELayer, experts: list[int]) -> None:
 
 @pytest.mark.parametrize("router", ["softmax_topk", "softmax_topk_renorm", "sigmoid_topk"])
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])
-def test_backends_agree_on_outputs_and_grads(router, capacity_factor):
+@pytest.mark.parametrize("cpu_path", ["padded", "segments"])
+def test_backends_agree_on_outputs_and_grads(monkeypatch, router, capacity_factor, cpu_path):
+    """``grouped`` (both CPU paths: padded bmm for small problems, per-expert segments)
+    against the reference loop."""
+    import moescale.model.moe_backends as mb
+
+    monkeypatch.setattr(mb, "_PADDED_MAX_WORK", 1 << 62 if cpu_path == "padded" else -1)
     x = torch.randn(3, 21, D, generator=torch.Generator().manual_seed(3))
     results = []
     for backend in ("loop", "grouped"):
@@ -74,6 +80,7 @@ def test_grouped_worker_threads_agree_with_loop(monkeypatch):
     import moescale.model.moe_backends as mb
 
     monkeypatch.setattr(mb, "_PARALLEL_MIN_WORK", 1)
+    monkeypatch.setattr(mb, "_PADDED_MAX_WORK", -1)
     torch.set_num_threads(2)
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(4))
     y0, gx0, g0, _ = _run(_layer("loop"), x)
