@@ -238,3 +238,14 @@ def test_summary_names_a_learning_rate_pick_at_the_edge_of_its_scan():
     got = _lr_multipliers(pd.DataFrame(rows))
     assert got["dense"] == "0.5"
     assert got["moe"] == "0.25 (at the edge of the scan ×0.25–×2: not bracketed)"
+
+
+def test_isoflop_plot_leaves_out_learning_rate_scan_runs():
+    import pandas as pd
+
+    from moescale.report.plots import ladder_rows
+
+    df = pd.DataFrame({"run": ["a", "b", "c", "d"],
+                       "tags": ["dense;ladder", "hparam;lr_scan;dense", None, "hparam"]})
+    assert ladder_rows(df)["run"].tolist() == ["a", "c"]
+    assert ladder_rows(df.drop(columns="tags")).equals(df.drop(columns="tags"))

@@ -93,18 +93,32 @@ def _loss_vs_compute(an: Analysis) -> bytes | None:
     return _finish(ax, "training compute C (FLOPs, Ling M·D)", "final validation loss")
 
 
+def ladder_rows(df):
+    """The IsoFLOP ladder runs of a run table: hyper-parameter and learning-rate-scan runs
+    (tags ``hparam…``) are other learning rates at one size, not IsoFLOP points, and are
+    left out of the plot as :func:`moescale.fit.measure` leaves them out of the fit."""
+    if "tags" not in df:
+        return df
+    return df[~df["tags"].astype("string").fillna("").str.startswith("hparam")
+              .to_numpy(dtype=bool)]
+
+
 def _isoflop(an: Analysis) -> bytes | None:
     df = an.records
     m_known = np.isfinite(df["flops_per_token"].astype(float)) if not df.empty else []
     if df.empty or not np.all(m_known):  # sizes in another unit (external data): no M axis
         return None
+    df = ladder_rows(df)
     budgets = sorted(df["budget"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for b, col in zip(budgets, _cmap(len(budgets)), strict=True):
         g = df[df["budget"] == b]
-        d = g[g["arch"] == "dense"].sort_values("flops_per_token")
+        d = g[g["arch"] == "dense"]
+        rung = d.groupby("flops_per_token", sort=True)["loss"].mean()  # seeds averaged
         m = g[g["arch"] == "moe"]
-        ax.plot(d["flops_per_token"], d["loss"], "o-", color=col, label=f"dense C={b:.2g}")
+        ax.plot(rung.index, rung.to_numpy(), "o-", color=col, label=f"dense C={b:.2g}")
+        if len(rung) < len(d):
+            ax.scatter(d["flops_per_token"], d["loss"], marker=".", color=col, s=14)
         ax.scatter(m["flops_per_token"], m["loss"], marker="^", color=col, s=28,
                    label=f"MoE C={b:.2g}" if len(m) else None)
     if an.dense_points is not None and "m_opt" in an.dense_points:
