@@ -249,3 +249,26 @@ def test_isoflop_plot_leaves_out_learning_rate_scan_runs():
                        "tags": ["dense;ladder", "hparam;lr_scan;dense", None, "hparam"]})
     assert ladder_rows(df)["run"].tolist() == ["a", "c"]
     assert ladder_rows(df.drop(columns="tags")).equals(df.drop(columns="tags"))
+
+
+def test_separable_fits_use_the_frontier_ratio_el_where_a_configuration_has_one():
+    """EL vs A/G/C takes one value per configuration and budget (the frontier ratio) for
+    laddered configurations, never an arbitrary rung's per-run EL; configurations without
+    a frontier keep their runs' EL."""
+    import types
+
+    import pandas as pd
+
+    from moescale.report.analysis import _el_points
+
+    moe = pd.DataFrame({"run": ["a1", "a2", "b1"], "config": ["A", "A", "B"],
+                        "shared_ratio": [0.3, 0.3, 0.0], "el_measured": [0.7, 2.5, 1.4],
+                        "activation_ratio": [0.25] * 2 + [0.5], "granularity": [2.0] * 3,
+                        "budget": [1e10] * 3, "el_published": [0.9] * 3})
+    el = pd.DataFrame({"config": ["A"], "activation_ratio": [0.25], "granularity": [2.0],
+                       "budget": [1e10], "el": [1.6]})
+    an = types.SimpleNamespace(measurement=types.SimpleNamespace(el=el))
+    pts = _el_points(an, moe).set_index("run")
+    assert pts.loc["A", "el_measured"] == 1.6 and pts.loc["A", "shared_ratio"] == 0.3
+    assert pts.loc["b1", "el_measured"] == 1.4
+    assert "a1" not in pts.index and "a2" not in pts.index and "el" not in pts

@@ -210,11 +210,35 @@ def _moe_groups(an: Analysis, moe: pd.DataFrame, law: Any) -> None:
                         "compute C*.")
 
 
+def _el_points(an: Analysis, moe: pd.DataFrame) -> pd.DataFrame:
+    """The EL values the separable fits (EL vs A, G, C) use: the frontier-ratio EL of each
+    configuration at each budget where it has a frontier ([EL] Def. 3.1: one value per
+    configuration and budget, at the optimum), else each of its runs' EL (a configuration
+    at one budget, external runs of one size). Columns as ``moe``'s; ``run`` names the
+    configuration for frontier-ratio rows."""
+    m = an.measurement
+    el = m.el if m is not None else pd.DataFrame(columns=["config", "el"])
+    el = el[np.isfinite(el["el"].astype(float)) & (el["el"].astype(float) > 0)]
+    runs = moe[~moe["config"].isin(el["config"])]
+    runs = runs[np.isfinite(runs["el_measured"]) & (runs["el_measured"] > 0)]
+    if el.empty:
+        return runs
+    shared = moe.drop_duplicates("config").set_index("config")["shared_ratio"]
+    fr = el[el["config"].isin(shared.index)].copy()
+    fr["shared_ratio"] = fr["config"].map(shared).astype(float)
+    fr["run"] = fr["config"]
+    fr = fr.assign(el_measured=fr["el"].astype(float)).drop(columns="el")
+    fr["el_published"] = el_published(fr["activation_ratio"].to_numpy(float),
+                                      fr["granularity"].to_numpy(float),
+                                      fr["budget"].to_numpy(float))
+    return pd.concat([fr, runs], ignore_index=True)
+
+
 def _separable(an: Analysis, moe: pd.DataFrame, law: Any) -> None:
     from moescale.laws.forms import saturating_transform
 
     a_start, a_max = law.coefficients.A_start, law.coefficients.A_max
-    ok = moe[np.isfinite(moe["el_measured"]) & (moe["el_measured"] > 0)]
+    ok = _el_points(an, moe)
     # EL vs A at fixed G (and S), per budget
     for (b, gval, s), g in ok.groupby(["budget", "granularity", "shared_ratio"]):
         g = g.drop_duplicates(subset=["activation_ratio"])
@@ -250,7 +274,7 @@ def _separable(an: Analysis, moe: pd.DataFrame, law: Any) -> None:
                         "and activation ratio; ≥ 3 for the quadratic form).")
     # EL vs C per configuration
     for e in an.moe_groups:
-        g = ok[ok["run"].isin(e["runs"])]
+        g = ok[ok["config"] == e["config"]]
         pts = g.groupby("budget")["el_measured"].max()
         if len(pts) < 2:
             continue

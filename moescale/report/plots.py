@@ -71,7 +71,7 @@ def _cmap(n: int) -> list:
 
 
 def _loss_vs_compute(an: Analysis) -> bytes | None:
-    df = an.records
+    df = ladder_rows(an.records)
     if df.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.6))
