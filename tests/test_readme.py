@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_BLOCKS = ("bash", "console", "sh", "shell")
 
-# One dense run at 3e9 FLOPs: stands in for examples/sweeps/demo.toml (69 runs, 16 min).
+# One dense run at 3e9 FLOPs: stands in for examples/sweeps/demo.toml (121 runs, 17 min).
 README_SWEEP = """\
 [sweep]
 name = "readme"
@@ -55,7 +55,7 @@ sizes = [1.0]
 TINY_TRAIN = "2e10 FLOPs instead of 1e12: the same spec and code path in 2 optimizer steps"
 DDP = "DDP through torchrun is exercised by tests/test_train_ddp.py (gloo, 2 processes)"
 SUBSTITUTIONS: dict[str, tuple[list[str] | None, str]] = {
-    "make demo": (None, "creates .venv/ and runs the 16-min demo; tests/test_demo.py runs "
+    "make demo": (None, "creates .venv/ and runs the 17-min demo; tests/test_demo.py runs "
                         "`moescale demo --quick`, the same code"),
     "make test": (None, "the test suite itself"),
     "moescale train examples/tiny-moe.toml --compute 1e12 --out runs/tiny-moe": (
@@ -69,7 +69,7 @@ SUBSTITUTIONS: dict[str, tuple[list[str] | None, str]] = {
     "--out runs/tiny2": (None, DDP),
     "moescale sweep run  examples/sweeps/demo.toml --store sweep.db [--workers N]": (
         ["moescale sweep run readme_sweep.toml --store sweep.db --workers 1"],
-        "a one-run sweep (README_SWEEP) instead of the demo's 23 runs; [--workers N] → 1"),
+        "a one-run sweep (README_SWEEP) instead of the demo's 121 runs; [--workers N] → 1"),
     "moescale sweep run  examples/sweeps/demo.toml --store sweep.db --backend ray "
     "[--ray-address HOST:PORT]": (
         None, "starts a Ray cluster; the Ray executor is tested in tests/test_sweep_execute.py"),
