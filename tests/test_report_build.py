@@ -272,3 +272,16 @@ def test_separable_fits_use_the_frontier_ratio_el_where_a_configuration_has_one(
     assert pts.loc["A", "el_measured"] == 1.6 and pts.loc["A", "shared_ratio"] == 0.3
     assert pts.loc["b1", "el_measured"] == 1.4
     assert "a1" not in pts.index and "a2" not in pts.index and "el" not in pts
+
+
+def test_summary_says_eq13_has_no_crossover_for_the_a1_control():
+    from _fit_synth import synth_runs
+
+    from moescale.fit.runs import RunTable
+    from moescale.report import summary_text
+
+    t = synth_runs(np.random.default_rng(0), control=True)
+    text = summary_text(analyze(RunTable.from_frame(t.runs), n_boot=50))
+    lines = [ln for ln in text.splitlines() if ln.startswith("Crossover C* for A=1 ")]
+    assert lines and all("Eq. 13 has none (EL = 1 at A = 1" in ln for ln in lines)
+    assert "crossover — FLOPs" not in text

@@ -177,9 +177,14 @@ def summary_lines(an: Analysis) -> list[str]:
         if e["crossover_fit"] is not None:
             far = (" (more than 3 decades outside the sweep: the frontiers are nearly "
                    "parallel, so this number is not meaningful)") if e["crossover_far"] else ""
+            law = ("Eq. 13 has none (EL = 1 at A = 1 for every C)"
+                   if e["activation_ratio"] >= 1 else
+                   "Eq. 13 gives none without a granularity G > 0"
+                   if e["crossover_law"] is None else
+                   f"Eq. 13's own crossover {_f(e['crossover_law'])} FLOPs (an extrapolation "
+                   "of the law, see above)")
             out.append(f"Crossover C* for {e['label']}: fitted {_f(e['crossover_fit'])} "
-                       f"FLOPs{far}; Eq. 13's own crossover {_f(e['crossover_law'])} FLOPs "
-                       "(an extrapolation of the law, see above).")
+                       f"FLOPs{far}; {law}.")
     if an.allocation:
         from moescale.laws.hparams import AllocationLaw
 
