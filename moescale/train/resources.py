@@ -81,7 +81,9 @@ def activation_elements_per_token(spec: ModelSpec) -> float:
     gate/up, silu and product (4·f). An MoE layer saves router logits and probabilities
     (2·E), the k gates and token indices (int64: 3·k), the k routed gate/up rows
     (2·k·d_expert) and its shared SwiGLU. The head adds the final norm (3·d) and 3·V for
-    logits, log-probabilities and their gradient.
+    logits, log-probabilities and their gradient. (MoE layers small enough for the grouped
+    back-end's padded path, T·K·D·F ≤ 2²², save padded copies instead: at most a few MB
+    per layer by that bound, not modelled.)
     """
     d, hd = spec.d_model, spec.head_dim
     a, kv = spec.n_heads * hd, spec.n_kv_heads * hd
