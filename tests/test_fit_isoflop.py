@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moescale.errors import ConfigError, DataError
-from moescale.fit.isoflop import extension_side, fit_isoflop, rungs
+from moescale.fit.isoflop import extension_side, fit_isoflop, paired_se, rungs
 
 
 def _ladder(m_opt=1e6, l_opt=3.0, curv=0.08, n=7, half_width=1.2):
@@ -145,3 +145,26 @@ def test_old_tables_without_issue10_columns_read_as_nan():
     for col in ("budget", "lr_multiplier", "val_loss_se", "val_tokens", "train_loss_last5",
                 "flops_per_token_full", "config", "eval_block_losses"):
         assert col in RUN_COLUMNS and t.runs[col].isna().all()
+
+
+def test_fit_isoflop_brackets_with_paired_se_from_shared_blocks():
+    """Shared evaluation blocks: each run's own SE (≈ 0.3) hides a 0.02 excess, the paired
+    SE of the difference (block noise cancels) resolves it; the fit, given the paired SEs,
+    calls the ladder bracketed exactly as the planner's extension_side does."""
+    m, loss = _ladder(n=5, half_width=1.0)  # excesses 0.08, 0.02, 0, 0.02, 0.08
+    rng = np.random.default_rng(0)
+    common = rng.normal(0.0, 1.0, 16)
+    own = [rng.normal(0.0, 0.002, 16) for _ in m]
+    blocks = [(y + common - common.mean() + o - o.mean()).tolist() for y, o in zip(loss, own)]
+    own_se = [float(np.std(b, ddof=1) / 4) for b in blocks]
+    pse = paired_se(m, loss, blocks)
+    j = int(np.argmin(loss))
+    for i in range(len(m)):  # independent count: sd of the block-wise difference / √16
+        d = np.asarray(blocks[i]) - np.asarray(blocks[j])
+        assert pse[i] == pytest.approx(np.std(d, ddof=1) / 4, abs=1e-12)
+    assert max(pse) < 0.003 < 0.2 < min(own_se)
+    assert "not-bracketed-both" in fit_isoflop(m, loss, own_se, n_boot=20).flags
+    paired = fit_isoflop(m, loss, own_se, n_boot=20, bracket_se=pse)
+    assert paired.bracketed and extension_side(m, loss, pse) is None
+    with pytest.raises(DataError, match="'bracket_se' needs one value per run"):
+        fit_isoflop(m, loss, own_se, n_boot=20, bracket_se=pse[:3])

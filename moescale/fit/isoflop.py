@@ -269,6 +269,9 @@ def fit_isoflop(
     k = len(r["m"])
     x = np.log(r["m"])
     flags: list[str] = []
+    if bracket_se is not None and np.shape(bracket_se) != np.shape(np.atleast_1d(m)):
+        raise DataError(f"IsoFLOP ladder: 'bracket_se' needs one value per run "
+                        f"({np.size(m)}); got shape {np.shape(bracket_se)}")
     side = (extension_side(r["m"], r["loss"], r["se"], min_each_side=min_each_side)
             if bracket_se is None else
             extension_side(m, loss, bracket_se, min_each_side=min_each_side))
