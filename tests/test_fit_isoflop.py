@@ -155,7 +155,8 @@ def test_fit_isoflop_brackets_with_paired_se_from_shared_blocks():
     rng = np.random.default_rng(0)
     common = rng.normal(0.0, 1.0, 16)
     own = [rng.normal(0.0, 0.002, 16) for _ in m]
-    blocks = [(y + common - common.mean() + o - o.mean()).tolist() for y, o in zip(loss, own)]
+    blocks = [(y + common - common.mean() + o - o.mean()).tolist()
+              for y, o in zip(loss, own, strict=True)]
     own_se = [float(np.std(b, ddof=1) / 4) for b in blocks]
     pse = paired_se(m, loss, blocks)
     j = int(np.argmin(loss))
