@@ -144,6 +144,24 @@ def test_bench_cli_json_keys(capsys):
     assert record["dtype"] == "bfloat16" and record["threads"] == 1
 
 
+def test_bench_times_transformers_olmoe_block_against_its_own_dense(capsys):
+    pytest.importorskip("transformers")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "moe-layer", "--experts", "4", "--top-k", "2", "--d-model", "32",
+              "--d-expert", "16", "--tokens", "64", "--shared", "1", "--threads", "1",
+              "--repeats", "1", "--no-loop", "--hf", "eager,grouped_mm", "--json"])
+    assert exc.value.code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert set(record["hf"]) == {"eager", "grouped_mm"}
+    assert record["hf_dense_width"] == 2 * 16  # OLMoE has no shared expert
+    for r in record["hf"].values():
+        assert r["ratio"] == pytest.approx(r["ms"] / record["hf_dense_ms"])
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "moe-layer", "--experts", "4", "--top-k", "2", "--hf", "fast"])
+    assert exc.value.code == 2
+    assert "'hf' implementations must be among eager" in capsys.readouterr().err
+
+
 def test_bench_cli_bad_input_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "moe-layer", "--experts", "4", "--top-k", "5", "--json"])

@@ -90,6 +90,22 @@ def test_local_pool_gives_each_concurrent_run_its_own_gpu(tmp_path, monkeypatch)
         sorted(s["cuda_visible_devices"] for s in seen)
 
 
+def test_local_pool_shares_one_gpu_between_runs_when_asked(tmp_path, monkeypatch):
+    # runs_per_gpu = 2 on one GPU: two runs hold GPU "3" at the same time, never more
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    plan = _plan(resources={"runs_per_gpu": 2}, budgets=(1e12,), name="g-meet")
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        out = run_sweep(plan, st, backend="local", workers=2, run_fn=seen_run)
+        assert len(out.completed) == 2 and not out.failed, out.failed
+        placements = [json.loads(r["result_json"])["placement"] for r in st.runs()]
+    seen = _seen(path)
+    assert [s["cuda_visible_devices"] for s in seen] == ["3", "3"]
+    a, b = seen
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # they ran at once
+    assert [p["runs_per_gpu"] for p in placements] == [2, 2]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_local_pool_two_gpu_runs_get_disjoint_pairs_through_torchrun(tmp_path, monkeypatch):
@@ -201,6 +217,22 @@ def test_ray_tasks_request_gpus_and_get_their_own(tmp_path, ray_2gpu):
     overlapping = [(a, b) for i, a in enumerate(seen) for b in seen[i + 1:]
                    if a["start"] < b["end"] and b["start"] < a["end"]]
     assert overlapping, "two 1-GPU runs should have run at once on 2 logical GPUs"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_runs_share_a_logical_gpu_when_asked(tmp_path, ray_2gpu):
+    # num_gpus = 1/2: Ray itself puts two runs on one logical GPU
+    plan = _plan(resources={"runs_per_gpu": 2, "cpus_per_run": 1}, budgets=(1e12,),
+                 name="g-meet")
+    path = tmp_path / "s.db"
+    with open_store(path) as st:
+        out = run_sweep(plan, st, backend="ray", run_fn=seen_run)
+        assert not out.failed, out.failed
+    seen = _seen(path)
+    assert len(seen) == 2 and all(s["cuda_visible_devices"] in ("0", "1") for s in seen)
+    a, b = seen
+    assert a["start"] < b["end"] and b["start"] < a["end"]
 
 
 @pytest.mark.slow

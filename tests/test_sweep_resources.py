@@ -46,6 +46,10 @@ def test_table_with_family_override_reaches_the_spec():
     ({"family": {"nope": {"gpus_per_run": 1}}}, "'resources.family.nope' names no family"),
     ({"family": {"act": {"nproc": 2, "gpus_per_run": 1}}}, "resources.family.act.nproc"),
     ({"family": {"act": 3}}, r"\[resources.family.act\] must be a table"),
+    ({"runs_per_gpu": 0}, "resources.runs_per_gpu"),
+    ({"runs_per_gpu": 65}, "resources.runs_per_gpu"),
+    ({"runs_per_gpu": 4, "gpus_per_run": 2}, r"'resources.runs_per_gpu' > 1 shares a GPU"),
+    ({"runs_per_gpu": 4, "nproc": 2, "cpus_per_run": 2}, "single-process runs"),
 ])
 def test_bad_tables_are_one_line_errors(table, match):
     with pytest.raises(ConfigError, match=match) as info:
@@ -73,6 +77,35 @@ def test_defaults_follow_the_device():
     with pytest.raises(ConfigError, match="must be >= 1 for runs on device 'cuda'"):
         resolve_resources(ResourceRequest(gpus_per_run=0), device="cuda", default_cpus=1,
                           gpu_count=1)
+
+
+def test_runs_per_gpu_resolves_for_single_gpu_runs_only():
+    shared = ResourceRequest(runs_per_gpu=4)
+    r = resolve_resources(shared, device="cuda", default_cpus=2, gpu_count=1)
+    assert r == RunResources(gpus=1, cpus=2, nproc=1, share=4)
+    assert r.gpu_fraction == 0.25 and r.to_dict()["runs_per_gpu"] == 4
+    # CPU runs ignore it (a sweep may mix devices through family overrides)
+    assert resolve_resources(shared, device="cpu", default_cpus=1, gpu_count=1).share == 1
+    assert RunResources(gpus=2, cpus=2, nproc=2).gpu_fraction == 2
+    sw = parse_sweep_config({**DOC, "resources": {"family": {"act": {"runs_per_gpu": 8}}}})
+    assert sw.resources.for_family("act").runs_per_gpu == 8
+    assert sw.resources.for_family("dense").runs_per_gpu is None
+
+
+def test_device_pool_packs_shared_runs_and_keeps_whole_gpus_for_exclusive_ones():
+    pool = DevicePool(list(range(16)), gpus=2)
+    quarter = RunResources(gpus=1, cpus=1, nproc=1, share=4)
+    slots = [pool.take(quarter) for _ in range(8)]
+    # least-loaded GPU first: they alternate, four on each, then the GPUs are full
+    assert [s.gpus for s in slots] == [(0,), (1,)] * 4
+    assert pool.take(quarter) is None
+    pool.give(slots[1])  # a quarter of GPU 1 frees up
+    assert pool.take(RunResources(gpus=1, cpus=1, nproc=1)) is None  # exclusive: no idle GPU
+    assert pool.take(quarter).gpus == (1,)
+    for s in slots[::2]:
+        pool.give(s)  # GPU 0 is idle again
+    assert pool.take(RunResources(gpus=1, cpus=1, nproc=1)).gpus == (0,)
+    assert pool.take(RunResources(gpus=1, cpus=1, nproc=1, share=2)) is None  # 0 whole, 1 full
 
 
 def test_oversize_request_names_run_field_and_capacity():

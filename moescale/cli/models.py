@@ -23,6 +23,9 @@ def moe_layer(
         None, "--threads", help="torch.set_num_threads (default: PyTorch's, all cores)."
     ),
     no_loop: bool = typer.Option(False, "--no-loop", help="Skip the reference loop back-end."),
+    hf: str = typer.Option(
+        "", "--hf", help="Also time transformers' OLMoE block with these comma-separated "
+        "experts implementations: eager, grouped_mm, batched_mm."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Time MoE fwd+bwd vs a dense SwiGLU of width (top_k+shared)·d_expert; ratio = moe/dense."""
@@ -31,7 +34,7 @@ def moe_layer(
     record = bench_moe_layer(
         experts=experts, top_k=top_k, shared=shared, d_model=d_model, d_expert=d_expert,
         tokens=tokens, device=device, dtype=dtype, repeats=repeats, threads=threads,
-        loop=not no_loop,
+        loop=not no_loop, hf=tuple(i.strip() for i in hf.split(",") if i.strip()),
     )
     if as_json:
         print_json(record)
@@ -44,6 +47,10 @@ def moe_layer(
         ("ratio loop / dense", record["loop_ratio"]),
         ("threads", record["threads"]),
     ]
+    for impl, r in record.get("hf", {}).items():
+        rows.append((f"transformers OLMoE block, {impl} (ms)", r["ms"]))
+        rows.append((f"ratio OLMoE {impl} / dense width {record['hf_dense_width']}",
+                     r["ratio"]))
     console.print(kv_table(
         f"moe-layer E={experts} K={top_k} S={shared} D={d_model} F={d_expert} T={tokens} "
         f"{device} {dtype}", rows))

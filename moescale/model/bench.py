@@ -6,6 +6,10 @@ of 1 means routing and dispatch are free. Forward + backward (of ``sum(y) + aux_
 for the MoE) are timed in the same process, interleaved (dense, MoE, loop, dense, ...)
 so that a machine shared with other work slows every variant alike; the median of
 ``repeats`` timed rounds after one warm-up round is reported.
+
+``hf=("eager", "grouped_mm")`` also times transformers' ``OlmoeSparseMoeBlock`` (routed
+experts only, each ``experts_implementation`` named) in the same rounds, against a dense
+SwiGLU of width ``top_k·d_expert`` (its own active FLOPs: OLMoE has no shared expert).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from moescale.model.moe import MoELayer
 __all__ = ["bench_moe_layer"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+HF_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
+"""transformers' ``experts_implementation`` values the benchmark can time."""
 
 
 def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -33,7 +39,11 @@ def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
             p.grad = None
         x.grad = None
         out = module(x)
-        loss = out[0].float().sum() + out[1] if isinstance(out, tuple) else out.float().sum()
+        if isinstance(out, tuple):  # (y, aux loss); older transformers: (y, router logits)
+            y, aux = out[0], out[1]
+            loss = y.float().sum() + (aux if aux.dim() == 0 else 0.0)
+        else:
+            loss = out.float().sum()
         loss.backward()
 
     return step
@@ -53,6 +63,7 @@ def bench_moe_layer(
     threads: int | None = None,
     loop: bool = True,
     seed: int = 0,
+    hf: tuple[str, ...] = (),
 ) -> dict:
     """Time forward+backward of the MoE layer (``grouped`` back-end), the dense SwiGLU
     of width ``(top_k+shared)·d_expert`` and the reference ``loop`` back-end.
@@ -64,6 +75,8 @@ def bench_moe_layer(
         with ``loop=False``), ``ratio`` = moe_ms/dense_ms, ``loop_ratio`` = loop_ms/dense_ms,
         and the settings (``experts``, ``top_k``, ``shared``, ``d_model``, ``d_expert``,
         ``tokens``, ``device``, ``dtype``, ``repeats``, ``threads``, ``dense_width``).
+        With ``hf``: ``hf`` = ``{implementation: {"ms", "ratio"}}`` and
+        ``hf_dense_width`` / ``hf_dense_ms`` (the reference of those ratios).
 
     Examples
     --------
@@ -86,18 +99,35 @@ def bench_moe_layer(
         raise ConfigError("'device' is cuda but torch.cuda.is_available() is False")
     if threads is not None:
         check_range("threads", threads, low=1, integer=True)
+    bad = [i for i in hf if i not in HF_IMPLEMENTATIONS]
+    if bad:
+        raise ConfigError(f"'hf' implementations must be among "
+                          f"{', '.join(HF_IMPLEMENTATIONS)}; got {', '.join(bad)}")
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         return _run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repeats,
-                    loop, seed)
+                    loop, seed, tuple(hf))
     finally:
         torch.set_num_threads(previous)
 
 
+def _hf_block(implementation: str, experts: int, top_k: int, d_model: int, d_expert: int):
+    """transformers' OLMoE MoE block (softmax top-k router, routed SwiGLU experts)."""
+    try:
+        from transformers import OlmoeConfig
+        from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
+    except ImportError:
+        raise ConfigError("'hf' needs transformers: pip install 'moescale[hf]'") from None
+    config = OlmoeConfig(hidden_size=d_model, intermediate_size=d_expert, num_experts=experts,
+                         num_experts_per_tok=top_k, norm_topk_prob=False)
+    config._experts_implementation = implementation
+    return OlmoeSparseMoeBlock(config)
+
+
 def _run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repeats, loop,
-         seed) -> dict:
+         seed, hf=()) -> dict:
     torch.manual_seed(seed)
     dev, dt = torch.device(device), _DTYPES[dtype]
 
@@ -107,19 +137,22 @@ def _run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repea
             d_model=d_model, n_experts=experts, top_k=top_k, d_expert=d_expert,
             n_shared=shared, d_shared=d_expert, cfg=MoEConfig(backend=backend),
         )
-        for p in layer.parameters():
-            nn.init.normal_(p, std=0.006)  # [EL] init: a near-uniform router at start
-        return layer.to(dev, dt)
+        return _init(layer).to(dev, dt)
 
     dense_width = (top_k + shared) * d_expert
-    dense = FeedForward(d_model, dense_width)
-    for p in dense.parameters():
-        nn.init.normal_(p, std=0.006)
-    dense = dense.to(dev, dt)
+    dense = _init(FeedForward(d_model, dense_width)).to(dev, dt)
     x = torch.randn(tokens, d_model, device=dev, dtype=dt, requires_grad=True)
     steps = {"dense": _fwd_bwd(dense, x), "moe": _fwd_bwd(build("grouped"), x)}
     if loop:
         steps["loop"] = _fwd_bwd(build("loop"), x)
+    hf_width = top_k * d_expert
+    if hf and hf_width != dense_width:
+        steps["hf_dense"] = _fwd_bwd(_init(FeedForward(d_model, hf_width)).to(dev, dt), x)
+    x3 = x.detach().view(1, tokens, d_model).requires_grad_(True)
+    for impl in hf:
+        torch.manual_seed(seed)
+        block = _init(_hf_block(impl, experts, top_k, d_model, d_expert)).to(dev, dt)
+        steps[f"hf_{impl}"] = _fwd_bwd(block, x3)
 
     def timed(fn: Callable[[], None]) -> float:
         if dev.type == "cuda":
@@ -138,6 +171,11 @@ def _run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repea
             times[name].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     loop_ms = med.get("loop")
+    extra = {}
+    if hf:
+        ref = med.get("hf_dense", med["dense"])
+        extra = {"hf": {i: {"ms": med[f"hf_{i}"], "ratio": med[f"hf_{i}"] / ref} for i in hf},
+                 "hf_dense_width": hf_width, "hf_dense_ms": ref}
     return {
         "moe_ms": med["moe"],
         "dense_ms": med["dense"],
@@ -148,4 +186,12 @@ def _run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repea
         "d_expert": d_expert, "tokens": tokens, "dense_width": dense_width,
         "device": device, "dtype": dtype, "repeats": repeats,
         "threads": torch.get_num_threads(),
+        **extra,
     }
+
+
+def _init(module: nn.Module) -> nn.Module:
+    """[EL] init, every weight ~ N(0, 0.006²): a near-uniform router at the start."""
+    for p in module.parameters():
+        nn.init.normal_(p, std=0.006)
+    return module

@@ -215,10 +215,15 @@ class _SegmentSwiGLU(torch.autograd.Function):
         return dx, dgates, dwgu, dwd, None, None
 
 
+_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+"""``torch.nn.functional.grouped_mm`` (its private ``torch._grouped_mm`` before the public
+name existed), or ``None`` on a torch with neither."""
+
+
 def grouped_mm_usable(x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     """Whether ``torch.nn.functional.grouped_mm`` can run these shapes: CUDA, bf16 input
     and weights, compute capability >= 8.0, 16-byte aligned rows (D, F multiples of 8)."""
-    if not (hasattr(F, "grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16):
+    if not (_GROUPED_MM is not None and x.is_cuda and x.dtype == torch.bfloat16):
         return False
     if w_gate_up.dtype != torch.bfloat16:
         return False
@@ -240,9 +245,9 @@ def _grouped_mm_path(x, expert_sorted, gates_sorted, token, w_gate_up, w_down) -
     valid = (expert_sorted < n_experts)[:, None]
     xs = torch.where(valid, x.index_select(0, token), 0.0)
     # w.transpose(-2, -1) of the (out, in) weights is the column-major mat_b the kernel wants.
-    h = F.grouped_mm(xs, w_gate_up.transpose(-2, -1), offs=offs)
+    h = _GROUPED_MM(xs, w_gate_up.transpose(-2, -1), offs=offs)
     act = torch.where(valid, swiglu(h) * gates_sorted[:, None], 0.0)
-    y = F.grouped_mm(act, w_down.transpose(-2, -1), offs=offs)
+    y = _GROUPED_MM(act, w_down.transpose(-2, -1), offs=offs)
     y = torch.where(valid, y, 0.0)
     return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
 

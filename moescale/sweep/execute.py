@@ -167,6 +167,7 @@ def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_
             out.failed[run.name] = rows[run.name]["error"] or "failed"
         elif run.key not in {t.key for t in todo}:
             todo.append(run)
+    todo.sort(key=lambda r: r.config.compute)  # small budgets first: a cut sweep has them
     say(f"{len(plan.runs)} runs: {len(out.skipped)} done, {len(out.failed)} failed earlier, "
         f"{len(todo)} to train ({backend}, {min(workers, max(1, len(todo)))} worker(s))")
     if not todo:
@@ -311,9 +312,12 @@ def _run_local(payloads, store, workers, needs, devices, run_fn, record, say) ->
             return False
         store.mark_running(p["key"])
         gpu_note = f" on GPU {slot.cuda_visible_devices(visible)}" if slot.gpus else ""
+        if slot.gpus and res.share > 1:
+            gpu_note += f" (shared by up to {res.share} runs)"
         say(f"start {p['name']}{gpu_note}")
         placement = {"cores": list(slot.cores), "threads": res.cpus, "nproc": res.nproc,
-                     "cuda_visible_devices": slot.cuda_visible_devices(visible)}
+                     "cuda_visible_devices": slot.cuda_visible_devices(visible),
+                     "runs_per_gpu": res.share}
         running[pool.submit(run_placed, p, run_fn, placement)] = (p, slot)
         return True
 
@@ -502,13 +506,14 @@ def _run_ray(payloads, store, cap, threads, address, run_fn, record, say, todo, 
                 p = queue.pop(0)
                 res = needs[p["key"]]
                 store.mark_running(p["key"])
-                say(f"start {p['name']} (ray, {res.cpus} CPU, {res.gpus} GPU)")
+                gpu = float(res.gpu_fraction)
+                say(f"start {p['name']} (ray, {res.cpus} CPU, {gpu:g} GPU)")
                 # GPUs: Ray sets CUDA_VISIBLE_DEVICES to the ones it assigned; a CPU run
                 # is shown none, so "auto" cannot wander onto a GPU no task reserved
-                where = {"threads": res.cpus, "nproc": res.nproc,
+                where = {"threads": res.cpus, "nproc": res.nproc, "runs_per_gpu": res.share,
                          "cuda_visible_devices": None if res.gpus else ""}
                 task = gpu_task if res.gpus else cpu_task
-                ref = task.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(
+                ref = task.options(num_cpus=res.cpus, num_gpus=gpu).remote(
                     p, run_fn, where)
                 running[ref] = p
             ready, _ = ray.wait(list(running), num_returns=1)

@@ -108,8 +108,9 @@ def run_placed(payload: dict[str, Any], run_fn: RunFn | None,
 
     ``placement``: ``cores`` (CPU ids to pin to, or ``None``), ``cuda_visible_devices``
     (a string, or ``None`` to keep the environment's, e.g. Ray's), ``threads`` (torch
-    threads per process), ``nproc`` (> 1: torchrun). The run's result gains
-    ``placement``: where it actually ran (host, cores, ``CUDA_VISIBLE_DEVICES``, nproc).
+    threads per process), ``nproc`` (> 1: torchrun), ``runs_per_gpu`` (runs that may share
+    its GPU). The run's result gains ``placement``: where it actually ran (host, cores,
+    ``CUDA_VISIBLE_DEVICES``, nproc, runs_per_gpu).
     """
     cores = placement.get("cores")
     if cores and hasattr(os, "sched_setaffinity"):
@@ -134,6 +135,7 @@ def run_placed(payload: dict[str, Any], run_fn: RunFn | None,
             "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "runs_per_gpu": int(placement.get("runs_per_gpu") or 1),
         }
     return res
 

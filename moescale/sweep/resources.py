@@ -7,6 +7,8 @@ A sweep config may carry a ``[resources]`` table (and per-family overrides)::
     cpus_per_run = 2        # CPU cores per run (its torch threads, split among its ranks);
                             # default: cores // workers on the local pool
     nproc = 1               # processes per run; > 1 launches torchrun (one rank per GPU)
+    runs_per_gpu = 1        # single-GPU runs that may share one GPU (tiny models leave
+                            # most of a GPU idle: 4-8 of them fill it); default 1
 
     [resources.family.big]  # overrides for the runs of family "big" ("dense" for [dense])
     gpus_per_run = 4
@@ -16,8 +18,9 @@ computes (a 2-rank DDP run averages the same global batch as one process).
 
 :class:`DevicePool` is the local pool's book of free cores and GPU indices: each run in
 flight holds its own GPU set (``CUDA_VISIBLE_DEVICES``) and its own cores (CPU affinity),
-so two concurrent runs never share a device. On Ray the same requests become the task's
-``num_gpus`` / ``num_cpus`` and Ray assigns the devices.
+so two concurrent runs never share a device unless ``runs_per_gpu`` > 1 lets up to that many
+single-GPU runs share one. On Ray the same requests become the task's ``num_gpus``
+(``1/runs_per_gpu`` when shared) / ``num_cpus`` and Ray assigns the devices.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from moescale.errors import ConfigError, check_range
@@ -45,7 +49,7 @@ __all__ = [
     "RESOURCE_KEYS",
 ]
 
-RESOURCE_KEYS = ("gpus_per_run", "cpus_per_run", "nproc")
+RESOURCE_KEYS = ("gpus_per_run", "cpus_per_run", "nproc", "runs_per_gpu")
 MAX_PER_RUN = 4096
 """Upper bound of every per-run count (a typo such as 1e9 GPUs is refused, not planned)."""
 
@@ -57,6 +61,7 @@ class ResourceRequest:
     gpus_per_run: int | None = None
     cpus_per_run: int | None = None
     nproc: int | None = None
+    runs_per_gpu: int | None = None
 
     def over(self, base: ResourceRequest) -> ResourceRequest:
         """This request with its unset fields taken from ``base``."""
@@ -87,19 +92,27 @@ class ResourceConfig:
 
 @dataclass(frozen=True)
 class RunResources:
-    """What one run is given: ``gpus`` GPUs, ``cpus`` cores, ``nproc`` processes."""
+    """What one run is given: ``gpus`` GPUs, ``cpus`` cores, ``nproc`` processes; a
+    single-GPU run with ``share`` > 1 holds ``1/share`` of its GPU (``runs_per_gpu``)."""
 
     gpus: int
     cpus: int
     nproc: int
+    share: int = 1
 
     @property
     def torchrun(self) -> bool:
         """Whether the run is launched with torchrun (more than one process)."""
         return self.nproc > 1
 
+    @property
+    def gpu_fraction(self) -> Fraction:
+        """The GPU capacity the run holds: ``gpus``, or ``1/share`` of one shared GPU."""
+        return Fraction(self.gpus) if self.share == 1 else Fraction(self.gpus, self.share)
+
     def to_dict(self) -> dict[str, int]:
-        return {"gpus": self.gpus, "cpus": self.cpus, "nproc": self.nproc}
+        return {"gpus": self.gpus, "cpus": self.cpus, "nproc": self.nproc,
+                "runs_per_gpu": self.share}
 
 
 def _parse_request(table: Any, where: str) -> ResourceRequest:
@@ -113,8 +126,8 @@ def _parse_request(table: Any, where: str) -> ResourceRequest:
     for key in RESOURCE_KEYS:
         if key in table:
             low = 0 if key == "gpus_per_run" else 1
-            check_range(f"resources.{key}", table[key], low=low, high=MAX_PER_RUN,
-                        integer=True)
+            high = 64 if key == "runs_per_gpu" else MAX_PER_RUN
+            check_range(f"resources.{key}", table[key], low=low, high=high, integer=True)
             kw[key] = int(table[key])
     return ResourceRequest(**kw)
 
@@ -146,6 +159,9 @@ def parse_resources(table: Any, families: Sequence[str] = ()) -> ResourceConfig:
 def _check_consistent(req: ResourceRequest, family: str) -> None:
     where = f"resources.family.{family}" if family else "resources"
     g, n, c = req.gpus_per_run, req.nproc, req.cpus_per_run
+    if (req.runs_per_gpu or 1) > 1 and ((g or 1) > 1 or (n or 1) > 1):
+        raise ConfigError(f"'{where}.runs_per_gpu' > 1 shares a GPU between single-GPU, "
+                          f"single-process runs; got gpus_per_run {g}, nproc {n}")
     if g and n is not None and n != g:
         raise ConfigError(f"'{where}.nproc' must equal gpus_per_run ({g}: one process per "
                           f"GPU); got {n}")
@@ -161,6 +177,7 @@ def resolve_resources(req: ResourceRequest, *, device: str, default_cpus: int,
     GPUs: 1 on ``cuda``, 0 on ``cpu``; with ``auto``, 1 when ``gpu_count`` > 0. A run on
     ``cpu`` asking for GPUs is refused. Processes: one per GPU (at least one). Cores:
     ``default_cpus`` (the local pool's ``cores // workers``), at least one per process.
+    ``runs_per_gpu`` applies to single-GPU runs only (CPU runs ignore it).
     """
     cuda = device.startswith("cuda")
     gpus = req.gpus_per_run
@@ -174,7 +191,13 @@ def resolve_resources(req: ResourceRequest, *, device: str, default_cpus: int,
                           f"{device!r}; got 0")
     nproc = req.nproc if req.nproc is not None else max(1, gpus)
     cpus = req.cpus_per_run if req.cpus_per_run is not None else max(default_cpus, nproc)
-    return RunResources(gpus=gpus, cpus=cpus, nproc=nproc)
+    share = req.runs_per_gpu or 1
+    if gpus != 1:
+        if share > 1 and gpus > 1:
+            raise ConfigError(f"'resources.runs_per_gpu' > 1 needs single-GPU runs; got "
+                              f"gpus_per_run {gpus}")
+        share = 1
+    return RunResources(gpus=gpus, cpus=cpus, nproc=nproc, share=share)
 
 
 def check_fits(name: str, res: RunResources, *, gpus: int, cpus: int, where: str) -> None:
@@ -214,6 +237,8 @@ class Slot:
     gpus: tuple[int, ...]
     held: tuple[int, ...] = field(default=(), repr=False, compare=False)
     """The pool's (virtual) core slots this run holds."""
+    gpu_load: Fraction = field(default=Fraction(1), repr=False, compare=False)
+    """The share of each of its GPUs this run holds (1: the whole GPU)."""
 
     def cuda_visible_devices(self, visible: str | None = None) -> str:
         """The run's ``CUDA_VISIBLE_DEVICES``: its GPU ids mapped through the driver's own
@@ -228,7 +253,9 @@ class DevicePool:
     ``cores``: the core ids runs may use (the driver's CPU affinity); ``slots`` virtual
     cores are cycled over them when more concurrent threads are asked for than there are
     cores (``workers`` > cores oversubscribes, as asked). ``gpus``: the number of visible
-    GPUs (injectable; :func:`local_gpu_count` by default).
+    GPUs (injectable; :func:`local_gpu_count` by default). Each GPU's load is the sum of
+    the shares its runs hold: exclusive runs need idle GPUs; a shared run (``share`` > 1)
+    goes to the least-loaded GPU with room for ``1/share`` more.
     """
 
     def __init__(self, cores: Sequence[int], gpus: int, *, slots: int | None = None) -> None:
@@ -237,20 +264,34 @@ class DevicePool:
         self._cores = tuple(cores)
         n = max(len(self._cores), slots or 0)
         self._free_cores = list(range(n))
-        self._free_gpus = list(range(gpus))
+        self._load = [Fraction(0)] * gpus
         self.n_cores, self.n_gpus = n, gpus
 
+    def _pick_gpus(self, res: RunResources) -> tuple[list[int], Fraction] | None:
+        if res.gpus == 0:
+            return [], Fraction(1)
+        if res.share > 1:
+            part = Fraction(1, res.share)
+            room = [g for g, load in enumerate(self._load) if load + part <= 1]
+            return ([min(room, key=lambda g: (self._load[g], g))], part) if room else None
+        idle = [g for g, load in enumerate(self._load) if load == 0]
+        return (idle[:res.gpus], Fraction(1)) if len(idle) >= res.gpus else None
+
     def take(self, res: RunResources) -> Slot | None:
-        """Reserve ``res.cpus`` cores and ``res.gpus`` GPUs (lowest ids first), or ``None``
-        while not enough are free."""
-        if len(self._free_cores) < res.cpus or len(self._free_gpus) < res.gpus:
+        """Reserve ``res.cpus`` cores and ``res.gpus`` GPUs (lowest ids first; a shared
+        run's on the least-loaded GPU), or ``None`` while not enough are free."""
+        picked = self._pick_gpus(res)
+        if len(self._free_cores) < res.cpus or picked is None:
             return None
+        gpus, part = picked
+        for g in gpus:
+            self._load[g] += part
         virt, self._free_cores = self._free_cores[:res.cpus], self._free_cores[res.cpus:]
-        gpus, self._free_gpus = self._free_gpus[:res.gpus], self._free_gpus[res.gpus:]
         cores = tuple(sorted({self._cores[v % len(self._cores)] for v in virt}))
-        return Slot(cores=cores, gpus=tuple(gpus), held=tuple(virt))
+        return Slot(cores=cores, gpus=tuple(gpus), held=tuple(virt), gpu_load=part)
 
     def give(self, slot: Slot) -> None:
         """Return a finished run's devices."""
         self._free_cores = sorted(self._free_cores + list(slot.held))
-        self._free_gpus = sorted(self._free_gpus + list(slot.gpus))
+        for g in slot.gpus:
+            self._load[g] -= slot.gpu_load
