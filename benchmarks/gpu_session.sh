@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # Everything moescale measures on a GPU, in one script of under ten minutes:
-#   1. tests/test_cuda.py: bf16 grouped_mm experts vs the fp32 loop, a compiled bf16 training
-#      run, a resume from the trainer's sharded (DCP) checkpoint files;
-#   2. bench moe-layer in bf16 (the issue's shape and a GPU-sized one), against a dense
-#      SwiGLU of equal active FLOPs and transformers' OLMoE block in the same process;
-#   3. the GPU mini-sweep (examples/sweeps/gpu_mini.toml) through `moescale sweep run`,
-#      cut at SWEEP_S seconds (it resumes; smallest budgets train first);
-#   4. bench train: MFU against the bf16 GEMM peak measured in the same process, dense and MoE.
+#   tests      tests/test_cuda.py: bf16 grouped_mm experts vs the loop, a compiled bf16
+#              training run, a resume from the trainer's sharded (DCP) checkpoint files;
+#   moe_layer  bench moe-layer in bf16 (the issue's shape and a GPU-sized one) against a dense
+#              SwiGLU of equal active FLOPs and transformers' OLMoE block, same process;
+#   profile    benchmarks/profile_moe_layer.py at the GPU-sized shape (kernel times);
+#   sweep      the GPU mini-sweep (examples/sweeps/gpu_mini.toml) through `moescale sweep
+#              run`, cut at SWEEP_S seconds (it resumes; smallest budgets train first);
+#   train      bench train: MFU against the bf16 GEMM peak of the same process (TRAIN_SPECS).
 # Usage (repository root, on the GPU machine):
-#   OUT=gpu_out bash benchmarks/gpu_session.sh
-# Results land in $OUT/gpu.tgz (logs, JSON, the sweep store); nothing is downloaded.
+#   OUT=gpu_out [STEPS="tests moe_layer profile sweep train"] bash benchmarks/gpu_session.sh
+# Results: $OUT/gpu.tgz (logs, JSON) and $OUT/sweep.tgz (the sweep store and run records,
+# written as soon as the sweep ends). Nothing is downloaded.
 set -u
 OUT=${OUT:-gpu_out}
-R=$OUT/r
-mkdir -p "$R"
+R=${WORK:-/tmp/moescale-gpu}
+mkdir -p "$R" "$OUT"
 PY=${PYTHON:-python3}
+STEPS=${STEPS:-tests moe_layer profile sweep train}
 SWEEP_S=${SWEEP_S:-240}
+TRAIN_SPECS=${TRAIN_SPECS:-benchmarks/specs/gpu-dense.toml benchmarks/specs/gpu-moe.toml}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export MOESCALE_CACHE=${MOESCALE_CACHE:-/tmp/moescale-cache}
 T0=$(date +%s)
 
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 step() {  # step NAME SECONDS CMD...: stdout to NAME.out, stderr to NAME.err
   local name=$1 limit=$2
   shift 2
@@ -28,6 +33,12 @@ step() {  # step NAME SECONDS CMD...: stdout to NAME.out, stderr to NAME.err
   echo "=== $name rc=$? (t=$(( $(date +%s) - T0 )) s)"
   tail -n 4 "$R/$name.err"
 }
+pack() {  # pack NAME.tgz PATHS...: run folders keep their records, not weights/checkpoints
+  local name=$1
+  shift
+  tar czf "$OUT/$name" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.distcp' \
+    --exclude='checkpoint*' -C "$R" "$@"
+}
 
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
@@ -35,30 +46,46 @@ step() {  # step NAME SECONDS CMD...: stdout to NAME.out, stderr to NAME.err
 print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)
 print(torch.cuda.get_device_name(), 'cc', torch.cuda.get_device_capability(),
       'F.grouped_mm', hasattr(F, 'grouped_mm'), 'torch._grouped_mm', hasattr(torch, '_grouped_mm'))"
-  git log -1 --format='commit %H' 2>/dev/null
 } >"$R/env.txt" 2>&1
 cat "$R/env.txt"
 
-step tests 150 $PY -m pytest -q -x -p no:cacheprovider -o addopts="" tests/test_cuda.py
-tail -n 3 "$R/tests.out"
+if want tests; then
+  step tests 150 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py
+  tail -n 3 "$R/tests.out"
+fi
 
-BENCH=(bench moe-layer --device cuda --dtype bfloat16 --repeats 30 --no-loop --json)
-step moe_layer_default 60 $PY -m moescale "${BENCH[@]}" --hf eager,grouped_mm
-step moe_layer_gpu 90 $PY -m moescale "${BENCH[@]}" --hf eager,grouped_mm \
-  --tokens 32768 --d-model 2048 --d-expert 512 --experts 64 --top-k 8 --shared 1
+if want moe_layer; then
+  BENCH=(bench moe-layer --device cuda --dtype bfloat16 --repeats 30 --no-loop --json
+         --hf eager,grouped_mm)
+  step moe_layer_default 60 $PY -m moescale "${BENCH[@]}"
+  step moe_layer_gpu 90 $PY -m moescale "${BENCH[@]}" --tokens 32768 --d-model 2048 \
+    --d-expert 512 --experts 64 --top-k 8 --shared 1
+fi
 
-step sweep "$SWEEP_S" $PY -m moescale sweep run examples/sweeps/gpu_mini.toml \
-  --store "$R/gpu_mini.db" --workers 8
-$PY -m moescale sweep plan examples/sweeps/gpu_mini.toml --store "$R/gpu_mini.db" \
-  >"$R/sweep_state.out" 2>&1
+if want profile; then
+  step profile 90 $PY benchmarks/profile_moe_layer.py --device cuda --dtype bfloat16 \
+    --tokens 32768 --d-model 2048 --d-expert 512 --out "$R/profile.txt"
+fi
 
-TRAIN=(bench train --device cuda --compile --seq-len 1024 --micro-batch 16 --steps 24
-       --rounds 4 --json)
-step train_dense 75 $PY -m moescale "${TRAIN[@]}" benchmarks/specs/gpu-dense.toml
-step train_moe 75 $PY -m moescale "${TRAIN[@]}" benchmarks/specs/gpu-moe.toml
+if want sweep; then
+  # one process builds the token cache of the sweep's corpus before eight runs need it
+  step corpus 120 $PY -m moescale train examples/tiny-dense.toml --corpus site-packages \
+    --tokenizer byte --compute 2e10 --seq-len 256 --device cuda --out "$R/corpus_run"
+  step sweep "$SWEEP_S" $PY -m moescale sweep run examples/sweeps/gpu_mini.toml \
+    --store "$R/gpu_mini.db" --workers 8
+  $PY -m moescale sweep plan examples/sweeps/gpu_mini.toml --store "$R/gpu_mini.db" \
+    >"$R/sweep_state.out" 2>&1
+  pack sweep.tgz gpu_mini.db gpu_mini.db-wal gpu_mini.db-shm gpu_mini.db.runs sweep.out \
+    sweep.err sweep_state.out corpus.out corpus.err 2>/dev/null
+fi
+
+if want train; then
+  for spec in $TRAIN_SPECS; do
+    step "train_$(basename "$spec" .toml)" 90 $PY -m moescale bench train --device cuda \
+      --compile --seq-len 1024 --micro-batch 16 --steps 24 --rounds 4 --json "$spec"
+  done
+fi
 
 echo "total $(( $(date +%s) - T0 )) s"
-# run folders keep their records (result.json, metrics.jsonl), not weights or checkpoints
-tar czf "$OUT/gpu.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.distcp' \
-  --exclude='checkpoint*' -C "$R" .
+pack gpu.tgz --exclude='gpu_mini.db*' --exclude='sweep*' .
 ls -la "$OUT"

@@ -32,19 +32,24 @@ def _layer(backend: str, **cfg) -> MoELayer:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
 
 
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])
-def test_grouped_mm_bf16_matches_fp32_loop(capacity_factor):
-    """Relative error of output and every gradient, bf16 ``grouped_mm`` vs the fp32 loop:
-    bf16 operands land between 1e-3 and 1e-2; a wrong segment or mask is O(1)."""
+def test_grouped_mm_bf16_matches_the_loop(capacity_factor):
+    """Relative error of output and every gradient, bf16 ``grouped_mm`` vs the loop:
+    bf16 operands land between 1e-3 and 1e-2; a wrong segment or mask is O(1).
+
+    Without a capacity limit the reference is the fp32 loop. With one, bf16 and fp32 router
+    scores can rank near-tied tokens differently and so drop different ones (measured: 3.4%
+    on the router gradient), so the reference is the loop on the same bf16 routing."""
     x = torch.randn(1000, D, device="cuda")
-    ref = _layer("loop", capacity_factor=capacity_factor).cuda()
+    ref_dtype = torch.float32 if capacity_factor is None else torch.bfloat16
+    ref = _layer("loop", capacity_factor=capacity_factor).cuda().to(ref_dtype)
     got = _layer("grouped", capacity_factor=capacity_factor).cuda().to(torch.bfloat16)
     assert grouped_mm_usable(x.bfloat16(), got.experts.w_gate_up)
     outs = []
-    for layer, inp in ((ref, x), (got, x.bfloat16())):
+    for layer, inp in ((ref, x.to(ref_dtype)), (got, x.bfloat16())):
         inp = inp.clone().requires_grad_(True)
         y, aux, _ = layer(inp)
         (y.float().square().sum() + aux).backward()

@@ -11,6 +11,8 @@ Readers
 ``default_corpus()``
     The Python standard library source of the running interpreter (real code,
     present on every machine, ~11 MB for CPython 3.11).
+``site_packages_corpus()`` (``"site-packages"``)
+    The Python source of the installed packages: far larger, for GPU-scale sweeps.
 ``folder_corpus(path, pattern)``
     One document per file matching ``pattern`` (bytes as stored).
 ``jsonl_corpus(path, text_field)``
@@ -45,6 +47,7 @@ __all__ = [
     "Corpus",
     "default_corpus",
     "stdlib_corpus",
+    "site_packages_corpus",
     "folder_corpus",
     "resolve_corpus",
 ]
@@ -333,6 +336,37 @@ def stdlib_corpus(*, include_tests: bool = False) -> Corpus:
     return _check_nonempty(corpus)
 
 
+def site_packages_corpus() -> Corpus:
+    """The ``*.py`` source of every package installed beside the running interpreter
+    (``sysconfig.get_paths()["purelib"]``), one document per file.
+
+    Real code, offline, and much larger than the standard library when a framework stack
+    is installed (~270 MB with moescale's test extras: torch, transformers, scipy, ...):
+    enough tokens for IsoFLOP ladders at 1e15-1e16 FLOPs, where :func:`stdlib_corpus`
+    (~10M tokens) runs out. The hash records exactly which files were read, so two
+    machines with different packages get different token caches, never a mixed one.
+    """
+    root = Path(sysconfig.get_paths()["purelib"])
+    if not root.is_dir():
+        raise DataError(f"the site-packages folder {root} does not exist")
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files.extend(Path(folder) / n for n in names if n.endswith(".py"))
+    files = sorted((p for p in files if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise DataError(f"no *.py files under the site-packages folder {root}")
+    entries = _entries(root, files)
+    corpus = Corpus(
+        name="site-packages", kind="folder", root=root, files=entries,
+        options={"pattern": "**/*.py", "exclude_dirs": ["__pycache__"]},
+        n_docs=sum(1 for e in entries if e.size > 0), reader=_read_whole_file,
+        extra={"source": "python-site-packages",
+               "python_version": ".".join(map(str, sys.version_info[:3]))},
+    )
+    return _check_nonempty(corpus)
+
+
 def default_corpus() -> Corpus:
     """The default training corpus: :func:`stdlib_corpus` (available offline everywhere)."""
     return stdlib_corpus()
@@ -351,7 +385,8 @@ def resolve_corpus(
     """Turn a user's ``--data`` value into a :class:`Corpus`.
 
     ``None`` or ``"default"`` → :func:`default_corpus`; ``"stdlib"`` → :func:`stdlib_corpus`
-    (``"stdlib-full"``: with its test suites);
+    (``"stdlib-full"``: with its test suites); ``"site-packages"`` →
+    :func:`site_packages_corpus`;
     a ``.jsonl`` file → :func:`jsonl_corpus`; a ``.parquet`` file → :func:`parquet_corpus`;
     a folder with ``state.json``/``dataset_dict.json`` → :func:`hf_disk_corpus`; a folder of
     ``*.jsonl`` or ``*.parquet`` files → the matching reader; any other folder or file →
@@ -368,6 +403,8 @@ def resolve_corpus(
         return stdlib_corpus()
     if str(spec) == "stdlib-full":
         return stdlib_corpus(include_tests=True)
+    if str(spec) == "site-packages":
+        return site_packages_corpus()
     p = _existing(spec, "corpus")
     if p.is_file():
         if p.suffix == ".jsonl":

@@ -232,24 +232,71 @@ def grouped_mm_usable(x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     return x.shape[-1] % 8 == 0 and (w_gate_up.shape[1] // 2) % 8 == 0
 
 
-def _grouped_mm_path(x, expert_sorted, gates_sorted, token, w_gate_up, w_down) -> torch.Tensor:
-    """CUDA: gather once, two grouped GEMMs over the segments, one scatter back; no host sync.
+class _GatherRows(torch.autograd.Function):
+    """``xs = x[token]``: token rows in expert-sorted order (``token = order // K``).
+
+    Backward without atomics: ``inv`` (the inverse of ``order``) puts the [T·K, D] row
+    gradients back in (token, slot) order, and a sum over the K slots gives dx. Autograd's
+    own backward of ``index_select`` is an ``index_add`` scatter (atomic adds, in bf16 on
+    the CUDA path). :class:`_CombineRows` is its adjoint.
+    """
+
+    @staticmethod
+    def forward(ctx, x, token, inv, top_k):
+        ctx.save_for_backward(inv)
+        ctx.top_k = top_k
+        return x.index_select(0, token)
+
+    @staticmethod
+    def backward(ctx, grad):  # differentiable ops only: compiles, and double backward works
+        (inv,) = ctx.saved_tensors
+        return _sum_slots(grad, inv, ctx.top_k), None, None, None
+
+
+def _sum_slots(ys: torch.Tensor, inv: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[T·K, D] expert-sorted rows → [T, D]: back to (token, slot) order, summed over slots."""
+    return ys.index_select(0, inv).view(-1, top_k, ys.shape[1]).sum(1)
+
+
+class _CombineRows(torch.autograd.Function):
+    """``y[t] = Σ_k ys[slot of (t, k)]``: expert-sorted rows back to tokens, as a gather by
+    ``inv`` and a sum over the K slots (accumulated in fp32 by ``sum``, no atomics);
+    backward is :class:`_GatherRows`'s forward, ``dys = dy[token]``."""
+
+    @staticmethod
+    def forward(ctx, ys, token, inv, top_k):
+        ctx.save_for_backward(token)
+        return _sum_slots(ys, inv, top_k)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (token,) = ctx.saved_tensors
+        return grad.index_select(0, token), None, None, None
+
+
+def _grouped_mm_path(x, expert_sorted, gates_sorted, order, top_k, w_gate_up,
+                     w_down) -> torch.Tensor:
+    """CUDA: gather once, two grouped GEMMs over the segments, one combine back; no host
+    sync and no atomic adds (:class:`_GatherRows`, :class:`_CombineRows`).
 
     Rows past ``offs[-1]`` (assignments dropped by a capacity limit, sorted last) are left
     unwritten by the kernel in both passes; the three ``where`` masks keep whatever they
     hold out of the output and out of every gradient.
     """
     n_experts = w_gate_up.shape[0]
+    token = order // top_k
+    inv = torch.empty_like(order).scatter_(
+        0, order, torch.arange(order.numel(), device=order.device))
     counts = torch.bincount(expert_sorted, minlength=n_experts + 1)[:n_experts]
     offs = torch.cumsum(counts, 0, dtype=torch.int32)
     valid = (expert_sorted < n_experts)[:, None]
-    xs = torch.where(valid, x.index_select(0, token), 0.0)
+    xs = torch.where(valid, _GatherRows.apply(x, token, inv, top_k), 0.0)
     # w.transpose(-2, -1) of the (out, in) weights is the column-major mat_b the kernel wants.
     h = _GROUPED_MM(xs, w_gate_up.transpose(-2, -1), offs=offs)
     act = torch.where(valid, swiglu(h) * gates_sorted[:, None], 0.0)
     y = _GROUPED_MM(act, w_down.transpose(-2, -1), offs=offs)
     y = torch.where(valid, y, 0.0)
-    return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+    return _CombineRows.apply(y, token, inv, top_k).to(x.dtype)
 
 
 def _padded_path(x, expert_sorted, gates_sorted, token, counts, w_gate_up,
@@ -287,7 +334,8 @@ def _grouped(x, expert_idx, gates, w_gate_up, w_down) -> torch.Tensor:
     token = order // top_k
     gates_sorted = gates.reshape(-1)[order].to(x.dtype)
     if grouped_mm_usable(x, w_gate_up):
-        return _grouped_mm_path(x, flat[order], gates_sorted, token, w_gate_up, w_down)
+        return _grouped_mm_path(x, flat[order], gates_sorted, order, top_k, w_gate_up,
+                                 w_down)
     counts = torch.bincount(flat, minlength=n_experts + 1)[:n_experts]
     if (flat.numel() * x.shape[1] * w_down.shape[-1] <= _PADDED_MAX_WORK
             and _get_current_dispatch_mode() is None):  # FlopCounterMode: count real work
