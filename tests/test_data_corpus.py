@@ -188,6 +188,21 @@ def test_default_corpus_is_stdlib_source():
     assert stdlib_corpus().hash == c.hash  # stable between calls
 
 
+def test_site_packages_corpus_matches_an_independent_walk():
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["purelib"])
+    c = resolve_corpus("site-packages")
+    man = c.manifest()
+    assert man["source"] == "python-site-packages" and man["name"] == "site-packages"
+    expect = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py")
+                    if p.is_file() and "__pycache__" not in p.parts)
+    paths = [f["path"] for f in man["files"]]
+    assert paths == expect
+    assert man["total_bytes"] == sum((root / p).stat().st_size for p in expect)
+    assert man["total_bytes"] > 10 * default_corpus().manifest()["total_bytes"]
+
+
 # Written by ``datasets`` 5.2.0: ``Dataset.from_dict({"text": [...], "n": [1, 2, 3]})
 # .save_to_disk(path, num_shards=2)`` (Arrow IPC stream shards), embedded so the reader is
 # checked against the real layout without depending on ``datasets``.

@@ -96,9 +96,13 @@ def test_local_pool_shares_one_gpu_between_runs_when_asked(tmp_path, monkeypatch
     plan = _plan(resources={"runs_per_gpu": 2}, budgets=(1e12,), name="g-meet")
     path = tmp_path / "s.db"
     with open_store(path) as st:
-        out = run_sweep(plan, st, backend="local", workers=2, run_fn=seen_run)
+        said: list[str] = []
+        monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+        out = run_sweep(plan, st, backend="local", workers=2, run_fn=seen_run,
+                        progress=said.append)
         assert len(out.completed) == 2 and not out.failed, out.failed
         placements = [json.loads(r["result_json"])["placement"] for r in st.runs()]
+    assert any("time-slices" in m for m in said)  # the cost of sharing without MPS is said
     seen = _seen(path)
     assert [s["cuda_visible_devices"] for s in seen] == ["3", "3"]
     a, b = seen

@@ -209,6 +209,11 @@ def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_
         gpus = local_gpu_count() if gpus is None else gpus
         devices = DevicePool(_affinity(), gpus, slots=workers * threads)
         needs = _resolve(todo, resources, threads, gpus, devices.n_cores, "this machine")
+        shared = max((r.share for r in needs.values() if r.gpus), default=1)
+        if shared > 1 and not os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+            say(f"note: up to {shared} runs share each GPU (resources.runs_per_gpu) as separate "
+                "processes, which the GPU time-slices; without NVIDIA MPS, launch-bound runs "
+                "can slow down many-fold (docs/sweeps.md)")
         _run_local(payloads, store, workers, needs, devices, run_fn, record, say)
     else:
         _run_ray(payloads, store, ray_cap or len(payloads), threads, ray_address, run_fn,
