@@ -81,3 +81,26 @@ def train_until_crash(spec, cfg, out: Path, monkeypatch, *, at_eval: int) -> Non
     monkeypatch.setattr(trainer._Run, "_evaluate", real_eval)
     assert (out / "checkpoint.pt").exists()
     assert not (out / "result.json").exists()
+
+
+def sharded_crash(monkeypatch, after: int):
+    """Mark the trainer's runtime ``fsdp`` (so it writes sharded DCP checkpoints; on one rank
+    the model is not wrapped) and raise ``KeyboardInterrupt`` right after its ``after``-th
+    sharded save, as a kill would. Returns a function that restores the real save."""
+    import dataclasses
+
+    from moescale.train import trainer
+
+    real_runtime, real_save = trainer.runtime_settings, trainer.save_sharded
+    monkeypatch.setattr(trainer, "runtime_settings",
+                        lambda *a, **k: dataclasses.replace(real_runtime(*a, **k), fsdp=True))
+    calls = {"n": 0}
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == after:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(trainer, "save_sharded", save_then_crash)
+    return lambda: monkeypatch.setattr(trainer, "save_sharded", real_save)

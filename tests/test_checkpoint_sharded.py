@@ -193,33 +193,21 @@ def test_trainer_resumes_from_sharded_checkpoints_bit_identically(token_cache, t
     the runtime is marked ``fsdp`` (FSDP2 itself needs CUDA in the trainer; on one rank the
     model is not wrapped), a crash after the 3rd sharded save, a resume, and the same
     metrics as an uninterrupted run."""
-    import dataclasses
+    from _train_helpers import sharded_crash
 
-    from moescale.train import TrainConfig, train, trainer
+    from moescale.train import TrainConfig, train
 
     spec = ModelSpec(name="tiny", d_model=32, n_layers=2, n_heads=2, vocab_size=257, d_ffn=64)
     cfg = TrainConfig(compute=1.5e9, seq_len=32, cache_dir=token_cache, learning_rate=3e-3,
                       log_every=1, checkpoint_every_steps=2, n_evals=4, threads=1)
     ref = train(spec, cfg, tmp_path / "ref")
-
-    real_runtime, real_save = trainer.runtime_settings, trainer.save_sharded
-    monkeypatch.setattr(trainer, "runtime_settings",
-                        lambda *a, **k: dataclasses.replace(real_runtime(*a, **k), fsdp=True))
-    calls = {"n": 0}
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(trainer, "save_sharded", save_then_crash)
+    restore = sharded_crash(monkeypatch, after=3)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(spec, cfg, out)
     assert (out / sh.SHARDED_NAME / "meta.pt").is_file()
     assert (out / sh.PREVIOUS_SHARDED_NAME).is_dir() and not (out / ck.CHECKPOINT_NAME).exists()
-    monkeypatch.setattr(trainer, "save_sharded", real_save)
+    restore()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DCP: "assuming ... a single process"
         resumed = train(spec, cfg, out)
