@@ -7,8 +7,9 @@ A sweep config may carry a ``[resources]`` table (and per-family overrides)::
     cpus_per_run = 2        # CPU cores per run (its torch threads, split among its ranks);
                             # default: cores // workers on the local pool
     nproc = 1               # processes per run; > 1 launches torchrun (one rank per GPU)
-    runs_per_gpu = 1        # single-GPU runs that may share one GPU (tiny models leave
-                            # most of a GPU idle: 4-8 of them fill it); default 1
+    runs_per_gpu = 1        # single-GPU runs that may share one GPU; default 1. They are
+                            # separate processes: without NVIDIA MPS the GPU time-slices
+                            # them, which made tiny runs many-fold slower on an H200
 
     [resources.family.big]  # overrides for the runs of family "big" ("dense" for [dense])
     gpus_per_run = 4
