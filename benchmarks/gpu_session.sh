@@ -7,17 +7,19 @@
 #   profile    benchmarks/profile_moe_layer.py at the GPU-sized shape (kernel times);
 #   sweep      the GPU mini-sweep (examples/sweeps/gpu_mini.toml) through `moescale sweep
 #              run`, cut at SWEEP_S seconds (it resumes; smallest budgets train first);
+#   probe      bench train on the sweep's 1e15 rungs (d 192 dense, d 160 MoE), alone on the GPU,
+#              eager and compiled: the tokens/s that sizes a GPU sweep of tiny runs;
 #   train      bench train: MFU against the bf16 GEMM peak of the same process (TRAIN_SPECS).
 # Usage (repository root, on the GPU machine):
 #   OUT=gpu_out [STEPS="tests moe_layer profile sweep train"] bash benchmarks/gpu_session.sh
-# Results: $OUT/gpu.tgz (logs, JSON) and $OUT/sweep.tgz (the sweep store and run records,
-# written as soon as the sweep ends). Nothing is downloaded.
+# Results: $OUT/gpu.tgz (logs, JSON; re-packed after every step) and $OUT/sweep.tgz (the
+# sweep store and run records, written as soon as the sweep ends). Nothing is downloaded.
 set -u
 OUT=${OUT:-gpu_out}
 R=${WORK:-/tmp/moescale-gpu}
 mkdir -p "$R" "$OUT"
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-tests moe_layer profile sweep train}
+STEPS=${STEPS:-tests moe_layer profile probe sweep train}
 SWEEP_S=${SWEEP_S:-240}
 TRAIN_SPECS=${TRAIN_SPECS:-benchmarks/specs/gpu-dense.toml benchmarks/specs/gpu-moe.toml}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -32,12 +34,16 @@ step() {  # step NAME SECONDS CMD...: stdout to NAME.out, stderr to NAME.err
   timeout "$limit" "$@" >"$R/$name.out" 2>"$R/$name.err"
   echo "=== $name rc=$? (t=$(( $(date +%s) - T0 )) s)"
   tail -n 4 "$R/$name.err"
+  pack_small  # after every step: a call cut at its time limit keeps what finished
 }
 pack() {  # pack NAME.tgz PATHS...: run folders keep their records, not weights/checkpoints
   local name=$1
   shift
   tar czf "$OUT/$name" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.distcp' \
     --exclude='checkpoint*' -C "$R" "$@"
+}
+pack_small() {  # gpu.tgz: every log and JSON so far, without the sweep and its corpus run
+  pack gpu.tgz --exclude='./gpu_mini.db*' --exclude='./corpus_run' .
 }
 
 {
@@ -67,6 +73,16 @@ if want profile; then
     --tokens 32768 --d-model 2048 --d-expert 512 --out "$R/profile.txt"
 fi
 
+if want probe; then  # the sweep's batch: 79 sequences of 256 = 20,224 tokens
+  for spec in gpu-tiny-dense gpu-tiny-moe; do
+    for c in no-compile compile; do
+      step "probe_${spec}_$c" 90 $PY -m moescale bench train --device cuda --$c \
+        --seq-len 256 --micro-batch 79 --steps 60 --rounds 3 --json \
+        "benchmarks/specs/$spec.toml"
+    done
+  done
+fi
+
 if want sweep; then
   # one process builds the token cache of the sweep's corpus before eight runs need it
   step corpus 120 $PY -m moescale train examples/tiny-dense.toml --corpus site-packages \
@@ -87,5 +103,5 @@ if want train; then
 fi
 
 echo "total $(( $(date +%s) - T0 )) s"
-pack gpu.tgz --exclude='gpu_mini.db*' --exclude='sweep*' .
+pack_small
 ls -la "$OUT"
