@@ -54,6 +54,19 @@ def _calls(store_path: Path) -> dict[str, int]:
     return counts
 
 
+def test_smallest_budgets_start_first(tmp_path):
+    """The plan lists runs cheapest first and the executor starts them in that order, so
+    a sweep cut short has its smallest budgets complete."""
+    plan = _plan()
+    assert len({r.config.compute for r in plan.runs}) > 1
+    said: list[str] = []
+    with open_store(tmp_path / "s.db") as st:
+        run_sweep(plan, st, backend="inline", run_fn=fake_run, progress=said.append)
+    compute = {r.name: r.config.compute for r in plan.runs}
+    started = [compute[m.split()[1]] for m in said if m.startswith("start ")]
+    assert len(started) == len({r.key for r in plan.runs}) and started == sorted(started)
+
+
 def test_inline_is_idempotent(tmp_path):
     plan = _plan()
     path = tmp_path / "s.db"

@@ -230,9 +230,12 @@ def test_ray_runs_share_a_logical_gpu_when_asked(tmp_path, ray_2gpu):
     plan = _plan(resources={"runs_per_gpu": 2, "cpus_per_run": 1}, budgets=(1e12,),
                  name="g-meet")
     path = tmp_path / "s.db"
+    said: list[str] = []
     with open_store(path) as st:
-        out = run_sweep(plan, st, backend="ray", run_fn=seen_run)
+        out = run_sweep(plan, st, backend="ray", run_fn=seen_run, progress=said.append)
         assert not out.failed, out.failed
+    assert any("time-slices" in m for m in said) == (
+        not os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
     seen = _seen(path)
     assert len(seen) == 2 and all(s["cuda_visible_devices"] in ("0", "1") for s in seen)
     a, b = seen

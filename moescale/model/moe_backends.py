@@ -10,8 +10,9 @@ same ``state_dict`` keys.
   run its SwiGLU, add the weighted output back. Kept forever to test the others against.
 - :func:`grouped_experts` — one stable ``argsort`` of the T·K assignments by expert gives
   contiguous per-expert segments. On CUDA in bf16 the segments go through
-  ``torch.nn.functional.grouped_mm`` (one kernel per projection) and one ``index_add``
-  scatter. Elsewhere a custom autograd function processes one segment at a time
+  ``torch.nn.functional.grouped_mm`` (one kernel per projection), with an atomic-free
+  gather and combine (:class:`_GatherRows`, :class:`_CombineRows`). Elsewhere a custom
+  autograd function processes one segment at a time
   (gather → fused gate/up GEMM → SwiGLU → down GEMM → weighted ``index_add``), which
   keeps each segment's activations in cache and never materialises the T·K×D gathered
   copies; backward reuses the stored gate/up pre-activations (no GEMM recomputed).

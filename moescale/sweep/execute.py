@@ -167,7 +167,6 @@ def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_
             out.failed[run.name] = rows[run.name]["error"] or "failed"
         elif run.key not in {t.key for t in todo}:
             todo.append(run)
-    todo.sort(key=lambda r: r.config.compute)  # small budgets first: a cut sweep has them
     say(f"{len(plan.runs)} runs: {len(out.skipped)} done, {len(out.failed)} failed earlier, "
         f"{len(todo)} to train ({backend}, {min(workers, max(1, len(todo)))} worker(s))")
     if not todo:
@@ -209,11 +208,7 @@ def _drive(plan, store, backend, workers, cores, ray_address, retry_failed, run_
         gpus = local_gpu_count() if gpus is None else gpus
         devices = DevicePool(_affinity(), gpus, slots=workers * threads)
         needs = _resolve(todo, resources, threads, gpus, devices.n_cores, "this machine")
-        shared = max((r.share for r in needs.values() if r.gpus), default=1)
-        if shared > 1 and not os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
-            say(f"note: up to {shared} runs share each GPU (resources.runs_per_gpu) as separate "
-                "processes, which the GPU time-slices; without NVIDIA MPS, launch-bound runs "
-                "can slow down many-fold (docs/sweeps.md)")
+        _say_sharing(needs, say)
         _run_local(payloads, store, workers, needs, devices, run_fn, record, say)
     else:
         _run_ray(payloads, store, ray_cap or len(payloads), threads, ray_address, run_fn,
@@ -289,6 +284,15 @@ def _resolve(todo: list[PlannedRun], resources: ResourceConfig, threads: int, gp
         check_fits(run.name, res, gpus=gpus, cpus=max(cpus, threads), where=where)
         needs[run.key] = res
     return needs
+
+
+def _say_sharing(needs: dict[str, RunResources], say: Progress) -> None:
+    """Say what sharing a GPU between runs costs when no NVIDIA MPS daemon is announced."""
+    shared = max((r.share for r in needs.values() if r.gpus), default=1)
+    if shared > 1 and not os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        say(f"note: up to {shared} runs share each GPU (resources.runs_per_gpu) as separate "
+            "processes, which the GPU time-slices; without NVIDIA MPS, launch-bound runs "
+            "can slow down many-fold (docs/sweeps.md)")
 
 
 def _run_local(payloads, store, workers, needs, devices, run_fn, record, say) -> None:
@@ -499,6 +503,7 @@ def _run_ray(payloads, store, cap, threads, address, run_fn, record, say, todo, 
     try:
         gpus, cpus, nodes = _cluster_capacity(ray)
         needs = _resolve(todo, resources, threads, gpus, cpus, "the largest Ray node")
+        _say_sharing(needs, say)
         _check_shared_runs(ray, store.runs_dir, nodes)
         # a GPU run gets a fresh worker process (CUDA fixes a process's devices when it
         # starts; Ray recycles GPU workers only for tasks declared with num_gpus up front)
