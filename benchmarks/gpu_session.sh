@@ -2,16 +2,19 @@
 # Everything moescale measures on a GPU, in one script of under ten minutes:
 #   tests      tests/test_cuda.py: bf16 grouped_mm experts vs the loop, a compiled bf16
 #              training run, a resume from the trainer's sharded (DCP) checkpoint files;
-#   moe_layer  bench moe-layer in bf16 (the issue's shape and a GPU-sized one) against a dense
-#              SwiGLU of equal active FLOPs and transformers' OLMoE block, same process;
+#   moe_layer  bench moe-layer in bf16 at the issue's shape against a dense SwiGLU of equal
+#              active FLOPs and transformers' OLMoE block, same process (moe_layer_big: the
+#              same at a GPU-sized shape);
 #   profile    benchmarks/profile_moe_layer.py at the GPU-sized shape (kernel times);
 #   sweep      the GPU mini-sweep (examples/sweeps/gpu_mini.toml) through `moescale sweep
-#              run`, cut at SWEEP_S seconds (it resumes; smallest budgets train first);
-#   probe      bench train on the sweep's 1e15 rungs (d 192 dense, d 160 MoE), alone on the GPU,
-#              eager and compiled: the tokens/s that sizes a GPU sweep of tiny runs;
+#              run`, cut at SWEEP_S seconds (it resumes; smallest budgets train first;
+#              RESUME=path/to/sweep.tgz of an earlier call puts its store back first);
+#   probe      bench train on the sweep's 1e15 rungs (d 192 dense, d 160 MoE) at the sweep's
+#              batch, alone on the GPU (PROBE_MODES: no-compile and/or compile): the
+#              tokens/s that sizes a GPU sweep of tiny runs;
 #   train      bench train: MFU against the bf16 GEMM peak of the same process (TRAIN_SPECS).
 # Usage (repository root, on the GPU machine):
-#   OUT=gpu_out [STEPS="tests moe_layer profile sweep train"] bash benchmarks/gpu_session.sh
+#   OUT=gpu_out [STEPS="tests moe_layer probe sweep"] bash benchmarks/gpu_session.sh
 # Results: $OUT/gpu.tgz (logs, JSON; re-packed after every step) and $OUT/sweep.tgz (the
 # sweep store and run records, written as soon as the sweep ends). Nothing is downloaded.
 set -u
@@ -19,8 +22,10 @@ OUT=${OUT:-gpu_out}
 R=${WORK:-/tmp/moescale-gpu}
 mkdir -p "$R" "$OUT"
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-tests moe_layer profile probe sweep train}
+STEPS=${STEPS:-tests moe_layer probe sweep}
 SWEEP_S=${SWEEP_S:-240}
+PROBE_MODES=${PROBE_MODES:-no-compile}
+RESUME=${RESUME:-}
 TRAIN_SPECS=${TRAIN_SPECS:-benchmarks/specs/gpu-dense.toml benchmarks/specs/gpu-moe.toml}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export MOESCALE_CACHE=${MOESCALE_CACHE:-/tmp/moescale-cache}
@@ -60,10 +65,12 @@ if want tests; then
   tail -n 3 "$R/tests.out"
 fi
 
+BENCH=(bench moe-layer --device cuda --dtype bfloat16 --repeats 30 --no-loop --json
+       --hf eager,grouped_mm)
 if want moe_layer; then
-  BENCH=(bench moe-layer --device cuda --dtype bfloat16 --repeats 30 --no-loop --json
-         --hf eager,grouped_mm)
   step moe_layer_default 60 $PY -m moescale "${BENCH[@]}"
+fi
+if want moe_layer_big; then
   step moe_layer_gpu 90 $PY -m moescale "${BENCH[@]}" --tokens 32768 --d-model 2048 \
     --d-expert 512 --experts 64 --top-k 8 --shared 1
 fi
@@ -73,17 +80,18 @@ if want profile; then
     --tokens 32768 --d-model 2048 --d-expert 512 --out "$R/profile.txt"
 fi
 
-if want probe; then  # the sweep's batch: 79 sequences of 256 = 20,224 tokens
+if want probe; then  # the sweep's batch: 256 sequences of 256 = 65,536 tokens
   for spec in gpu-tiny-dense gpu-tiny-moe; do
-    for c in no-compile compile; do
+    for c in $PROBE_MODES; do
       step "probe_${spec}_$c" 90 $PY -m moescale bench train --device cuda --$c \
-        --seq-len 256 --micro-batch 79 --steps 60 --rounds 3 --json \
+        --seq-len 256 --micro-batch 256 --steps 30 --rounds 3 --json \
         "benchmarks/specs/$spec.toml"
     done
   done
 fi
 
 if want sweep; then
+  if [[ -n $RESUME ]]; then tar xzf "$RESUME" -C "$R"; fi
   # one process builds the token cache of the sweep's corpus before eight runs need it
   step corpus 120 $PY -m moescale train examples/tiny-dense.toml --corpus site-packages \
     --tokenizer byte --compute 2e10 --seq-len 256 --device cuda --out "$R/corpus_run"

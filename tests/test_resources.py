@@ -110,3 +110,39 @@ def test_threads_bounded_by_cores():
     with pytest.raises(ConfigError, match=rf"'threads' must be an int in \[1, {rs.cpu_cores()}\]; "
                                           "got 100000"):
         rs.check_threads(100000)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_gpu_micro_batch_is_the_largest_that_fits(spec):
+    """The GPU default micro-batch: its estimate fits in half the memory, one more token's
+    does not (above the 16k floor); with FSDP the sharded states leave more room."""
+    avail = 2 * 2**30
+    tokens = rs.fitting_micro_batch_tokens(spec, avail, bf16=True)
+    assert tokens > 16384
+    assert rs.estimate_memory(spec, tokens, bf16=True).total <= avail / 2
+    assert rs.estimate_memory(spec, tokens + 1, bf16=True).total > avail / 2
+    assert rs.fitting_micro_batch_tokens(spec, avail, world_size=4, fsdp=True) >= tokens
+    assert rs.fitting_micro_batch_tokens(spec, 1000) == 16384
+    with pytest.raises(ConfigError, match="'fraction'"):
+        rs.fitting_micro_batch_tokens(spec, avail, fraction=0)
+
+
+def test_trainer_takes_the_gpu_micro_batch_only_on_cuda(monkeypatch):
+    """On CUDA the trainer's plan runs the whole per-rank batch as one micro-batch when it
+    fits (a GPU step of a small model costs its kernel launches); CPU keeps 16k tokens."""
+    from types import SimpleNamespace
+
+    from moescale.train import trainer
+    from moescale.train.config import TrainConfig, resolve_plan
+
+    spec = SPECS[0]
+    cfg = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072)
+    monkeypatch.setattr(trainer, "available_memory", lambda device: 80 * 2**30)
+    cuda = SimpleNamespace(device=torch.device("cuda", 0), world_size=1)
+    cpu = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    on_gpu = resolve_plan(spec, cfg, micro_batch_tokens=trainer._micro_batch_cap(spec, cfg, cuda))
+    on_cpu = resolve_plan(spec, cfg, micro_batch_tokens=trainer._micro_batch_cap(spec, cfg, cpu))
+    assert (on_gpu.micro_batch_size, on_gpu.grad_accum) == (512, 1)
+    assert (on_cpu.micro_batch_size, on_cpu.grad_accum) == (64, 8)
+    fixed = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072, micro_batch_size=128)
+    assert trainer._micro_batch_cap(spec, fixed, cuda) == 16384

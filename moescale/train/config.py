@@ -43,7 +43,10 @@ fields at their defaults; the final evaluation's statistics in ``result.json``."
 
 MICRO_BATCH_TOKENS = 16384
 """Default upper bound on tokens per micro-batch (per rank) when ``micro_batch_size`` is
-unset: large enough for efficient GEMMs, small enough for activations of small models."""
+unset, on CPU: large enough for efficient GEMMs, small enough for activations of small
+models. On a GPU the trainer raises it to what fits in half the free device memory
+(:func:`moescale.train.resources.fitting_micro_batch_tokens`): small models there are
+bound by kernel launches, so micro-batches of 16k tokens would multiply the step time."""
 
 
 def el_lr_opt(compute: float) -> float:
@@ -379,8 +382,12 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return 1
 
 
-def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1) -> TrainPlan:
+def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1, *,
+                 micro_batch_tokens: int = MICRO_BATCH_TOKENS) -> TrainPlan:
     """Resolve batch, steps and learning rate for ``spec`` at ``config.compute``.
+
+    Without ``config.micro_batch_size`` the micro-batch is the largest divisor of the
+    per-rank batch of at most ``micro_batch_tokens`` tokens (one sequence at least).
 
     Steps are ``round(D / B)`` (at least 1) with ``D = C / M``, so the compute
     spent, ``steps·B·M``, is within half a batch of C.
@@ -417,7 +424,7 @@ def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1) -> T
         n_seq = rounded
     per_rank = n_seq // world_size
     if config.micro_batch_size is None:
-        micro = _largest_divisor_at_most(per_rank, max(1, MICRO_BATCH_TOKENS // s))
+        micro = _largest_divisor_at_most(per_rank, max(1, micro_batch_tokens // s))
     else:
         micro = _largest_divisor_at_most(per_rank, config.micro_batch_size)
         if micro != config.micro_batch_size:

@@ -36,6 +36,7 @@ __all__ = [
     "activation_elements_per_token",
     "available_memory",
     "check_memory",
+    "fitting_micro_batch_tokens",
     "check_budget",
     "check_threads",
     "cpu_cores",
@@ -181,6 +182,34 @@ def check_memory(
             f"{estimate.describe()}{per}; use a smaller model or micro-batch, more ranks with "
             "--fsdp, or --ignore-memory-check to try anyway"
         )
+
+
+def fitting_micro_batch_tokens(
+    spec: ModelSpec,
+    available: int,
+    *,
+    world_size: int = 1,
+    fsdp: bool = False,
+    bf16: bool = True,
+    fraction: float = 0.5,
+    floor: int = 16384,
+) -> int:
+    """Tokens per micro-batch whose :func:`estimate_memory` fits in ``fraction`` of
+    ``available`` bytes (at least ``floor``): the GPU default, where a small model's step
+    time is set by kernel launches, not by the tokens in a micro-batch.
+
+    >>> spec = ModelSpec(d_model=192, n_layers=6, n_heads=6, vocab_size=257, d_ffn=512)
+    >>> fitting_micro_batch_tokens(spec, 80 * 2**30) > 65536
+    True
+    >>> fitting_micro_batch_tokens(spec, 2**20)  # nothing fits: the floor
+    16384
+    """
+    check_range("available", available, low=0)
+    check_range("fraction", fraction, low=0, high=1, low_inclusive=False)
+    static = estimate_memory(spec, 1, world_size=world_size, fsdp=fsdp, bf16=bf16)
+    per_token = max(1, static.activations)
+    room = fraction * available - (static.total - static.activations)
+    return max(floor, int(room // per_token))
 
 
 def check_budget(compute: float, batch_tokens: int, flops_per_token: float) -> None:

@@ -46,9 +46,21 @@ from moescale.train.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from moescale.train.config import TRAIN_SCHEMA_VERSION, TrainConfig, TrainPlan, resolve_plan
+from moescale.train.config import (
+    MICRO_BATCH_TOKENS,
+    TRAIN_SCHEMA_VERSION,
+    TrainConfig,
+    TrainPlan,
+    resolve_plan,
+)
 from moescale.train.identity import identity_diff, run_identity, upgrade_identity
-from moescale.train.resources import check_budget, check_memory, estimate_memory
+from moescale.train.resources import (
+    available_memory,
+    check_budget,
+    check_memory,
+    estimate_memory,
+    fitting_micro_batch_tokens,
+)
 from moescale.train.run_log import MetricsLog, ProgressBar, tensorboard_writer
 from moescale.train.rundir import claim_run_dir, inspect_run_dir
 from moescale.train.schedule import lr_at
@@ -152,12 +164,24 @@ def train(
         parallel.shutdown(ctx)
 
 
+def _micro_batch_cap(spec: ModelSpec, config: TrainConfig, ctx) -> int:
+    """Tokens per micro-batch when ``micro_batch_size`` is unset: on a GPU what fits in half
+    its free memory, elsewhere :data:`~moescale.train.config.MICRO_BATCH_TOKENS`."""
+    if config.micro_batch_size is not None or ctx.device.type != "cuda":
+        return MICRO_BATCH_TOKENS
+    free = available_memory(str(ctx.device))
+    if free is None:
+        return MICRO_BATCH_TOKENS
+    return fitting_micro_batch_tokens(spec, free, world_size=ctx.world_size, fsdp=config.fsdp)
+
+
 class _Run:
     """One training run; state that a checkpoint captures lives in attributes."""
 
     def __init__(self, spec, config, out, ctx, key, progress, ignore_memory_check) -> None:
         self.spec, self.config, self.out, self.ctx, self.key = spec, config, out, ctx, key
-        self.plan: TrainPlan = resolve_plan(spec, config, ctx.world_size)
+        self.plan: TrainPlan = resolve_plan(spec, config, ctx.world_size,
+                                            micro_batch_tokens=_micro_batch_cap(spec, config, ctx))
         plan = self.plan
         self.runtime = runtime_settings(config, ctx, self.plan, moe=spec.is_moe)
         check_budget(config.compute, plan.batch_tokens, plan.flops_per_token)
