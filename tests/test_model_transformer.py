@@ -162,6 +162,28 @@ def test_bench_times_transformers_olmoe_block_against_its_own_dense(capsys):
     assert "'hf' implementations must be among eager" in capsys.readouterr().err
 
 
+def test_bench_across_fresh_processes_reports_medians(capsys):
+    """``--processes 3``: three spawned interpreters; each timing is the median over them,
+    and each process's own figures are listed (their ratios are their own moe/dense)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "moe-layer", "--experts", "4", "--top-k", "2", "--d-model", "32",
+              "--d-expert", "16", "--tokens", "64", "--threads", "1", "--repeats", "1",
+              "--no-loop", "--processes", "3", "--json"])
+    assert exc.value.code == 0
+    record = json.loads(capsys.readouterr().out)
+    runs = record["per_process"]
+    assert record["processes"] == 3 and len(runs) == 3
+    for r in runs:
+        assert r["ratio"] == pytest.approx(r["moe_ms"] / r["dense_ms"]) and r["loop_ms"] is None
+    for key in ("moe_ms", "dense_ms", "ratio"):
+        assert record[key] == pytest.approx(sorted(r[key] for r in runs)[1])
+    assert record["loop_ms"] is None and record["threads"] == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "moe-layer", "--processes", "0"])
+    assert exc.value.code == 2
+    assert "'processes'" in capsys.readouterr().err
+
+
 def test_bench_cli_bad_input_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "moe-layer", "--experts", "4", "--top-k", "5", "--json"])

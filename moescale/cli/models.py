@@ -26,6 +26,9 @@ def moe_layer(
     hf: str = typer.Option(
         "", "--hf", help="Also time transformers' OLMoE block with these comma-separated "
         "experts implementations: eager, grouped_mm, batched_mm."),
+    processes: int = typer.Option(
+        1, "--processes", help="Repeat the whole measurement in this many fresh processes "
+        "and report medians over them (with per-process figures)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Time MoE fwd+bwd vs a dense SwiGLU of width (top_k+shared)·d_expert; ratio = moe/dense."""
@@ -35,6 +38,7 @@ def moe_layer(
         experts=experts, top_k=top_k, shared=shared, d_model=d_model, d_expert=d_expert,
         tokens=tokens, device=device, dtype=dtype, repeats=repeats, threads=threads,
         loop=not no_loop, hf=tuple(i.strip() for i in hf.split(",") if i.strip()),
+        processes=processes,
     )
     if as_json:
         print_json(record)
@@ -47,6 +51,9 @@ def moe_layer(
         ("ratio loop / dense", record["loop_ratio"]),
         ("threads", record["threads"]),
     ]
+    if "per_process" in record:
+        rows.append((f"ratio MoE / dense per process ({record['processes']}, median above)",
+                     " ".join(f"{r['ratio']:.3f}" for r in record["per_process"])))
     for impl, r in record.get("hf", {}).items():
         rows.append((f"transformers OLMoE block, {impl} (ms)", r["ms"]))
         rows.append((f"ratio OLMoE {impl} / dense width {record['hf_dense_width']}",

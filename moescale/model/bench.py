@@ -64,6 +64,7 @@ def bench_moe_layer(
     loop: bool = True,
     seed: int = 0,
     hf: tuple[str, ...] = (),
+    processes: int = 1,
 ) -> dict:
     """Time forward+backward of the MoE layer (``grouped`` back-end), the dense SwiGLU
     of width ``(top_k+shared)·d_expert`` and the reference ``loop`` back-end.
@@ -77,6 +78,11 @@ def bench_moe_layer(
         ``tokens``, ``device``, ``dtype``, ``repeats``, ``threads``, ``dense_width``).
         With ``hf``: ``hf`` = ``{implementation: {"ms", "ratio"}}`` and
         ``hf_dense_width`` / ``hf_dense_ms`` (the reference of those ratios).
+        With ``processes`` > 1 the whole measurement runs in that many fresh (spawned)
+        interpreters one after another: every timing and ratio is then the median over
+        processes, and ``per_process`` lists each one's ``moe_ms``, ``dense_ms``,
+        ``ratio`` (and ``loop_ms``). A process's heap and thread state moves the dense
+        reference by 10-20% on some hosts (docs/model.md), so one process is one sample.
 
     Examples
     --------
@@ -99,10 +105,16 @@ def bench_moe_layer(
         raise ConfigError("'device' is cuda but torch.cuda.is_available() is False")
     if threads is not None:
         check_range("threads", threads, low=1, integer=True)
+    check_range("processes", processes, low=1, integer=True)
     bad = [i for i in hf if i not in HF_IMPLEMENTATIONS]
     if bad:
         raise ConfigError(f"'hf' implementations must be among "
                           f"{', '.join(HF_IMPLEMENTATIONS)}; got {', '.join(bad)}")
+    if processes > 1:
+        return _across_processes(processes, dict(
+            experts=experts, top_k=top_k, shared=shared, d_model=d_model, d_expert=d_expert,
+            tokens=tokens, device=device, dtype=dtype, repeats=repeats, threads=threads,
+            loop=loop, seed=seed, hf=tuple(hf)))
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -111,6 +123,33 @@ def bench_moe_layer(
                     loop, seed, tuple(hf))
     finally:
         torch.set_num_threads(previous)
+
+
+def _across_processes(n: int, kwargs: dict) -> dict:
+    """:func:`bench_moe_layer` in ``n`` fresh spawned interpreters, one at a time; medians."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    records = []
+    for _ in range(n):
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            records.append(pool.submit(bench_moe_layer, **kwargs).result())
+
+    def med(key: str):
+        values = [r[key] for r in records]
+        return None if values[0] is None else statistics.median(values)
+
+    out = dict(records[0])
+    for key in ("moe_ms", "dense_ms", "loop_ms", "ratio", "loop_ratio", "hf_dense_ms"):
+        if key in out:
+            out[key] = med(key)
+    for impl in out.get("hf", {}):
+        out["hf"][impl] = {k: statistics.median(r["hf"][impl][k] for r in records)
+                           for k in ("ms", "ratio")}
+    out["processes"] = n
+    out["per_process"] = [{k: r[k] for k in ("moe_ms", "dense_ms", "ratio", "loop_ms")}
+                          for r in records]
+    return out
 
 
 def _hf_block(implementation: str, experts: int, top_k: int, d_model: int, d_expert: int):
