@@ -58,6 +58,20 @@ def test_plan_explicit_values_and_micro_batches():
     assert any("micro_batch_size" in n for n in plan.notes)
 
 
+def test_plan_says_when_the_batch_forces_small_micro_batches():
+    """79 sequences of 256 tokens under the 64-sequence cap: only micro-batches of one
+    sequence divide it (79 a step), which the plan says; 80 gives 2 of 40, silently."""
+    prime = resolve_plan(TINY, TrainConfig(compute=1e15, seq_len=256, batch_tokens=79 * 256))
+    assert (prime.micro_batch_size, prime.grad_accum) == (1, 79)
+    assert any("no divisor between 2 and 64" in n for n in prime.notes)
+    even = resolve_plan(TINY, TrainConfig(compute=1e15, seq_len=256, batch_tokens=80 * 256))
+    assert (even.micro_batch_size, even.grad_accum) == (40, 2)
+    assert not any("divisor" in n for n in even.notes)
+    whole = resolve_plan(TINY, TrainConfig(compute=1e15, seq_len=256, batch_tokens=79 * 256),
+                         micro_batch_tokens=79 * 256)
+    assert (whole.micro_batch_size, whole.grad_accum) == (79, 1) and not whole.notes
+
+
 def test_wsd_schedule_shape():
     cfg = TrainConfig(compute=1e10, seq_len=32, batch_tokens=32, learning_rate=1.0,
                       warmup_fraction=0.01, decay_fraction=0.1)

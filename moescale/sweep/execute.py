@@ -291,8 +291,8 @@ def _say_sharing(needs: dict[str, RunResources], say: Progress) -> None:
     shared = max((r.share for r in needs.values() if r.gpus), default=1)
     if shared > 1 and not os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
         say(f"note: up to {shared} runs share each GPU (resources.runs_per_gpu) as separate "
-            "processes, which the GPU time-slices; without NVIDIA MPS, launch-bound runs "
-            "can slow down many-fold (docs/sweeps.md)")
+            "processes, which the GPU time-slices without NVIDIA MPS; measure a few runs "
+            "shared and alone before a long sweep (docs/sweeps.md)")
 
 
 def _run_local(payloads, store, workers, needs, devices, run_fn, record, say) -> None:

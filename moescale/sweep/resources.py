@@ -9,7 +9,7 @@ A sweep config may carry a ``[resources]`` table (and per-family overrides)::
     nproc = 1               # processes per run; > 1 launches torchrun (one rank per GPU)
     runs_per_gpu = 1        # single-GPU runs that may share one GPU; default 1. They are
                             # separate processes: without NVIDIA MPS the GPU time-slices
-                            # them, which made tiny runs many-fold slower on an H200
+                            # them (its cost not yet measured in isolation: docs/sweeps.md)
 
     [resources.family.big]  # overrides for the runs of family "big" ("dense" for [dense])
     gpus_per_run = 4

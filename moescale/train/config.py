@@ -424,7 +424,14 @@ def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1, *,
         n_seq = rounded
     per_rank = n_seq // world_size
     if config.micro_batch_size is None:
-        micro = _largest_divisor_at_most(per_rank, max(1, micro_batch_tokens // s))
+        cap = max(1, micro_batch_tokens // s)
+        micro = _largest_divisor_at_most(per_rank, cap)
+        if per_rank > cap and 2 * micro <= cap:
+            notes.append(
+                f"micro-batches of {micro} sequences ({per_rank // micro} per step): the "
+                f"per-rank batch of {per_rank} sequences has no divisor between {micro + 1} "
+                f"and {cap}; a batch_tokens with such a divisor runs fewer, larger ones"
+            )
     else:
         micro = _largest_divisor_at_most(per_rank, config.micro_batch_size)
         if micro != config.micro_batch_size:
