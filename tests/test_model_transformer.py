@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import moescale.model as model_pkg
+from moescale.allocator import retain_freed_memory
 from moescale.cli import main
 from moescale.errors import ConfigError
 from moescale.model import MoEConfig, Transformer, build_model
@@ -142,6 +143,7 @@ def test_bench_cli_json_keys(capsys):
     assert record["ratio"] == pytest.approx(record["moe_ms"] / record["dense_ms"])
     assert record["dense_width"] == 3 * 16
     assert record["dtype"] == "bfloat16" and record["threads"] == 1
+    assert record["allocator"] == ("retain" if retain_freed_memory() else "system")
 
 
 def test_bench_times_transformers_olmoe_block_against_its_own_dense(capsys):

@@ -5,7 +5,10 @@ MoE layer's active expert FLOPs (router excluded, as in Ling's M, LAWS.md §2): 
 of 1 means routing and dispatch are free. Forward + backward (of ``sum(y) + aux_loss``
 for the MoE) are timed in the same process, interleaved (dense, MoE, loop, dense, ...)
 so that a machine shared with other work slows every variant alike; the median of
-``repeats`` timed rounds after one warm-up round is reported.
+``repeats`` timed rounds after one warm-up round is reported. On CPU glibc keeps freed
+memory (:func:`moescale.allocator.retain_freed_memory`, as in training): otherwise whether
+a variant's large buffers are fresh ``mmap`` pages depends on what the process freed
+before, which moved the dense reference by 10-20% between processes.
 
 ``hf=("eager", "grouped_mm")`` also times transformers' ``OlmoeSparseMoeBlock`` (routed
 experts only, each ``experts_implementation`` named) in the same rounds, against a dense
@@ -21,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from moescale.allocator import retain_freed_memory
 from moescale.errors import ConfigError, check_range
 from moescale.model.config import MoEConfig
 from moescale.model.ffn import FeedForward
@@ -78,11 +82,14 @@ def bench_moe_layer(
         ``tokens``, ``device``, ``dtype``, ``repeats``, ``threads``, ``dense_width``).
         With ``hf``: ``hf`` = ``{implementation: {"ms", "ratio"}}`` and
         ``hf_dense_width`` / ``hf_dense_ms`` (the reference of those ratios).
+        ``allocator``: ``retain`` where glibc keeps freed memory for reuse, as the trainer
+        has it on CPU (:mod:`moescale.allocator`), else ``system``.
         With ``processes`` > 1 the whole measurement runs in that many fresh (spawned)
         interpreters one after another: every timing and ratio is then the median over
         processes, and ``per_process`` lists each one's ``moe_ms``, ``dense_ms``,
         ``ratio`` (and ``loop_ms``). A process's heap and thread state moves the dense
-        reference by 10-20% on some hosts (docs/model.md), so one process is one sample.
+        reference by 10-20% before the allocator setting (docs/model.md): one process is
+        one sample.
 
     Examples
     --------
@@ -118,9 +125,10 @@ def bench_moe_layer(
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    allocator = "retain" if device == "cpu" and retain_freed_memory() else "system"
     try:
-        return _run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repeats,
-                    loop, seed, tuple(hf))
+        return {**_run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repeats,
+                    loop, seed, tuple(hf)), "allocator": allocator}
     finally:
         torch.set_num_threads(previous)
 

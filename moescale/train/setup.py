@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from moescale.allocator import retain_freed_memory
 from moescale.errors import ConfigError, DataError
 from moescale.spec.model_spec import ModelSpec
 from moescale.train import parallel
@@ -132,6 +133,7 @@ def runtime_settings(
     threads = config.threads or default_threads(plan, ctx)
     torch.set_num_threads(threads)
     if not cuda:
+        retain_freed_memory()  # per-step tensors reuse heap pages (moescale.allocator)
         # denormal gradients/moments (tiny init std 0.006, Adam's v) cost ~100x per FLOP on
         # x86; flushing them to zero is deterministic and changes nothing measurable.
         torch.set_flush_denormal(True)
