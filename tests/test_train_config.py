@@ -58,18 +58,20 @@ def test_plan_explicit_values_and_micro_batches():
     assert any("micro_batch_size" in n for n in plan.notes)
 
 
-def test_plan_says_when_the_batch_forces_small_micro_batches():
-    """79 sequences of 256 tokens under the 64-sequence cap: only micro-batches of one
-    sequence divide it (79 a step), which the plan says; 80 gives 2 of 40, silently."""
+def test_plan_splits_a_batch_without_a_useful_divisor_into_near_equal_micro_batches():
+    """79 sequences of 256 tokens under the 64-sequence cap: no divisor but 1, so two
+    micro-batches of 40 and 39 (and a note); 80 keeps the divisor rule, 2 of 40, silently."""
     prime = resolve_plan(TINY, TrainConfig(compute=1e15, seq_len=256, batch_tokens=79 * 256))
-    assert (prime.micro_batch_size, prime.grad_accum) == (1, 79)
-    assert any("no divisor between 2 and 64" in n for n in prime.notes)
+    assert (prime.micro_batch_size, prime.grad_accum) == (40, 2)
+    assert any("the last 39" in n and "no divisor between 2 and 64" in n for n in prime.notes)
     even = resolve_plan(TINY, TrainConfig(compute=1e15, seq_len=256, batch_tokens=80 * 256))
     assert (even.micro_batch_size, even.grad_accum) == (40, 2)
     assert not any("divisor" in n for n in even.notes)
     whole = resolve_plan(TINY, TrainConfig(compute=1e15, seq_len=256, batch_tokens=79 * 256),
                          micro_batch_tokens=79 * 256)
     assert (whole.micro_batch_size, whole.grad_accum) == (79, 1) and not whole.notes
+    big = resolve_plan(TINY, TrainConfig(compute=1e15, seq_len=256, batch_tokens=257 * 256))
+    assert (big.micro_batch_size, big.grad_accum) == (52, 5)  # 4 x 52 + 49
 
 
 def test_wsd_schedule_shape():
@@ -158,3 +160,33 @@ def test_user_fitted_hyperparameter_laws():
     assert plan.batch_size == round(0.5 * 1e12**0.3 / 32)
     with pytest.raises(ConfigError, match="lr_law"):
         TrainConfig(compute=1e9, lr_law=(-1.0, 0.1))
+
+
+def test_uneven_micro_batches_give_the_one_pass_gradient():
+    """A step over 7 sequences in micro-batches of 3, 3 and 1 (each weighted by its rows)
+    has the loss and gradients of one pass over all 7 (a dense model: an MoE's balance loss
+    is a per-batch statistic; the loss itself is taken in fp32)."""
+    import torch
+
+    from moescale.train import parallel
+    from moescale.train.setup import build_training, runtime_settings
+    from moescale.train.step import train_step
+
+    spec = ModelSpec(d_model=16, n_layers=1, n_heads=2, vocab_size=37, d_ffn=32)
+    cfg = TrainConfig(compute=1e9, seq_len=12, dtype="float32", deterministic=True)
+    ctx = parallel.init_distributed("cpu")
+    gen = torch.Generator().manual_seed(0)
+    tok = torch.randint(0, 37, (7, 13), generator=gen)
+    x, y = tok[:, :-1].contiguous(), tok[:, 1:].contiguous()
+    grads, results = [], []
+    for micro in (7, 3):
+        parts = build_training(spec, cfg, ctx, runtime_settings(cfg, ctx))
+        parts.model.double()
+        parts.optimizer.step = lambda: None  # keep the gradients: compare them
+        parts.optimizer.zero_grad = lambda set_to_none=True: None
+        results.append(train_step(parts, x, y, lr=0.0, micro_batch_size=micro, grad_clip=0))
+        grads.append({n: p.grad.clone() for n, p in parts.model.named_parameters()})
+    one, split = results
+    assert split.loss == pytest.approx(one.loss, rel=1e-6)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-8, msg=name)

@@ -105,7 +105,9 @@ class TrainConfig:
     """``(coefficient, exponent)`` of a batch-tokens power law used instead of Eq. 3."""
     micro_batch_size: int | None = None
     """Sequences per forward/backward pass per rank (gradient accumulation reaches the batch);
-    ``None`` → the largest divisor of the per-rank batch with at most 16384 tokens."""
+    ``None`` → the largest divisor of the per-rank batch with at most 16384 tokens (on a GPU:
+    what fits in half its memory), or near-equal micro-batches where no divisor reaches
+    half of that (see :func:`resolve_plan`)."""
     schedule: Schedule = "wsd"
     """``wsd`` (warm-up, stable, decay; [EL] recipe) or ``cosine`` (warm-up then cosine)."""
     warmup_fraction: float = 0.01
@@ -353,7 +355,8 @@ class TrainPlan:
     batch_tokens: int
     """Global batch in tokens (``batch_size·seq_len``)."""
     micro_batch_size: int
-    """Sequences per forward/backward per rank."""
+    """Sequences per forward/backward per rank (the last micro-batch of a step may hold
+    fewer: ``grad_accum`` micro-batches of at most this many cover the per-rank batch)."""
     grad_accum: int
     """Micro-batches per optimizer step per rank."""
     world_size: int
@@ -387,7 +390,10 @@ def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1, *,
     """Resolve batch, steps and learning rate for ``spec`` at ``config.compute``.
 
     Without ``config.micro_batch_size`` the micro-batch is the largest divisor of the
-    per-rank batch of at most ``micro_batch_tokens`` tokens (one sequence at least).
+    per-rank batch of at most ``micro_batch_tokens`` tokens (one sequence at least). Where
+    that divisor is under half the cap (a per-rank batch of 79 sequences under a 64-sequence
+    cap has only 1), the batch is cut into the fewest near-equal micro-batches under the
+    cap instead (40 and 39), each weighted by its rows (:func:`~moescale.train.step.train_step`).
 
     Steps are ``round(D / B)`` (at least 1) with ``D = C / M``, so the compute
     spent, ``steps·B·M``, is within half a batch of C.
@@ -427,10 +433,13 @@ def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1, *,
         cap = max(1, micro_batch_tokens // s)
         micro = _largest_divisor_at_most(per_rank, cap)
         if per_rank > cap and 2 * micro <= cap:
+            chunks = -(-per_rank // cap)
+            even = micro
+            micro = -(-per_rank // chunks)
             notes.append(
-                f"micro-batches of {micro} sequences ({per_rank // micro} per step): the "
-                f"per-rank batch of {per_rank} sequences has no divisor between {micro + 1} "
-                f"and {cap}; a batch_tokens with such a divisor runs fewer, larger ones"
+                f"{chunks} micro-batches of at most {micro} sequences, the last "
+                f"{per_rank - micro * (chunks - 1)}: the per-rank batch of {per_rank} "
+                f"sequences has no divisor between {even + 1} and {cap}"
             )
     else:
         micro = _largest_divisor_at_most(per_rank, config.micro_batch_size)
@@ -460,7 +469,7 @@ def resolve_plan(spec: ModelSpec, config: TrainConfig, world_size: int = 1, *,
         batch_size=n_seq,
         batch_tokens=batch_tokens,
         micro_batch_size=micro,
-        grad_accum=per_rank // micro,
+        grad_accum=-(-per_rank // micro),
         world_size=world_size,
         n_steps=n_steps,
         tokens=n_steps * batch_tokens,

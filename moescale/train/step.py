@@ -98,8 +98,9 @@ def train_step(
 ) -> StepResult:
     """One optimizer step on this rank's rows ``(x, y)`` of the global batch.
 
-    ``x`` is cut into micro-batches of ``micro_batch_size`` rows; each backward is scaled
-    by 1/n_micro so the gradient is that of the mean loss. The update is skipped (and
+    ``x`` is cut into micro-batches of ``micro_batch_size`` rows (the last may hold fewer);
+    each backward is scaled by 1/n_micro, or by its share of the rows when the micro-batches
+    differ in size, so the gradient is that of the mean loss. The update is skipped (and
     ``diverged`` says why) when the loss, aux loss or gradient norm is not finite or the
     loss exceeds ``max_loss``.
     """
@@ -109,7 +110,9 @@ def train_step(
     x = x.to(ctx.device, non_blocking=True)
     y = y.to(ctx.device, non_blocking=True)
     mb = micro_batch_size
-    n_micro = max(1, x.shape[0] // mb)
+    rows = x.shape[0]
+    n_micro = max(1, -(-rows // mb))
+    even = rows % mb == 0 or n_micro == 1
     keys: list[str] | None = None
     acc: torch.Tensor | None = None
     for i in range(n_micro):
@@ -118,7 +121,8 @@ def train_step(
             outp = parts.step_model(xs, ys)
             aux = outp.aux_loss if getattr(outp, "aux_loss", None) is not None else None
             total = outp.loss if aux is None else outp.loss + aux
-        (total / n_micro).backward()
+        share = 1.0 if even else xs.shape[0] / rows
+        (total / n_micro if even else total * share).backward()
         stats = scalar_stats(getattr(outp, "routing_stats", None))
         if keys is None:
             keys = sorted(stats)
@@ -129,13 +133,14 @@ def train_step(
         ] + [stats[k].to(ctx.device) if k in stats else
              torch.full((), math.nan, dtype=torch.float64, device=ctx.device)
              for k in keys]
-        vec = torch.stack(parts_)
+        vec = torch.stack(parts_) if even else torch.stack(parts_) * share
         acc = vec if acc is None else acc + vec
     if grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), grad_clip)
     else:
         norm = torch.zeros(())
-    vec = torch.cat([acc / n_micro, torch.ones(1, dtype=torch.float64, device=ctx.device)])
+    mean = acc / n_micro if even else acc
+    vec = torch.cat([mean, torch.ones(1, dtype=torch.float64, device=ctx.device)])
     vec = parallel.all_reduce_sum(vec.cpu(), ctx)
     vec = vec[:-1] / float(vec[-1])
     loss, aux_v, gnorm = float(vec[0]), float(vec[1]), float(norm)
