@@ -109,7 +109,7 @@ NARROW = {
     "sweep/demo.py": {"moescale.report"},  # the demo ends by writing the report
     "data/*.py": {"moescale.spec.io"},  # atomic_write, for the token cache and tokenizers
 }
-LEAVES = {"errors", "extras", "paths"}
+LEAVES = {"allocator", "errors", "extras", "paths"}
 """Top-level modules anyone may import; they import no subpackage."""
 
 
