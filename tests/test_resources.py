@@ -127,22 +127,43 @@ def test_gpu_micro_batch_is_the_largest_that_fits(spec):
         rs.fitting_micro_batch_tokens(spec, avail, fraction=0)
 
 
+def _ctx(device: str, world: int = 1):
+    from moescale.train.parallel import DistContext
+
+    return DistContext(rank=0, world_size=world, local_rank=0, local_world_size=world,
+                       device=torch.device(device), initialized_here=False)
+
+
 def test_trainer_takes_the_gpu_micro_batch_only_on_cuda(monkeypatch):
     """On CUDA the trainer's plan runs the whole per-rank batch as one micro-batch when it
     fits (a GPU step of a small model costs its kernel launches); CPU keeps 16k tokens."""
-    from types import SimpleNamespace
-
     from moescale.train import trainer
     from moescale.train.config import TrainConfig, resolve_plan
 
     spec = SPECS[0]
     cfg = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072)
     monkeypatch.setattr(trainer, "available_memory", lambda device: 80 * 2**30)
-    cuda = SimpleNamespace(device=torch.device("cuda", 0), world_size=1)
-    cpu = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    cuda, cpu = _ctx("cuda:0"), _ctx("cpu")
     on_gpu = resolve_plan(spec, cfg, micro_batch_tokens=trainer._micro_batch_cap(spec, cfg, cuda))
     on_cpu = resolve_plan(spec, cfg, micro_batch_tokens=trainer._micro_batch_cap(spec, cfg, cpu))
     assert (on_gpu.micro_batch_size, on_gpu.grad_accum) == (512, 1)
     assert (on_cpu.micro_batch_size, on_cpu.grad_accum) == (64, 8)
     fixed = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072, micro_batch_size=128)
     assert trainer._micro_batch_cap(spec, fixed, cuda) == 16384
+
+
+def test_every_rank_takes_the_smallest_gpu_micro_batch(monkeypatch):
+    """With several ranks the cap is the minimum over them (all_reduce_min), so that every
+    rank resolves the same plan; here the other rank has only 4 GiB free."""
+    from moescale.train import trainer
+    from moescale.train.config import TrainConfig
+
+    spec = SPECS[0]
+    cfg = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072)
+    other = rs.fitting_micro_batch_tokens(spec, 4 * 2**30, world_size=2)
+    monkeypatch.setattr(trainer, "available_memory", lambda device: 80 * 2**30)
+    monkeypatch.setattr(trainer.parallel, "all_reduce_min",
+                        lambda t, ctx: torch.minimum(t, torch.tensor([float(other)])))
+    mine = rs.fitting_micro_batch_tokens(spec, 80 * 2**30, world_size=2)
+    assert other < mine
+    assert trainer._micro_batch_cap(spec, cfg, _ctx("cuda:0", world=2)) == other

@@ -45,3 +45,35 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         if "val_loss" in a:
             assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
     assert r2["val_loss"] == pytest.approx(r1["val_loss"], rel=1e-4)
+
+
+def _reduce_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from moescale.train import parallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ctx = parallel.DistContext(rank=rank, world_size=world, local_rank=rank,
+                               local_world_size=world, device=torch.device("cpu"),
+                               initialized_here=True)
+    mine = torch.tensor([10.0 + rank, 5.0 - rank], dtype=torch.float64)
+    got = (parallel.all_reduce_min(mine, ctx).tolist(), parallel.all_reduce_sum(mine, ctx).tolist())
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(got, f)
+    dist.destroy_process_group()
+
+
+def test_all_reduce_min_and_sum_over_two_gloo_ranks(tmp_path):
+    """The reductions the trainer uses to agree on a plan (min: the GPU micro-batch cap)
+    and to average step statistics (sum), on two real gloo ranks."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "r")
+    mp.spawn(_reduce_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    for rank in (0, 1):
+        with open(f"{out}.{rank}") as f:
+            assert json.load(f) == [[10.0, 4.0], [21.0, 9.0]]

@@ -166,13 +166,15 @@ def train(
 
 def _micro_batch_cap(spec: ModelSpec, config: TrainConfig, ctx) -> int:
     """Tokens per micro-batch when ``micro_batch_size`` is unset: on a GPU what fits in half
-    its free memory, elsewhere :data:`~moescale.train.config.MICRO_BATCH_TOKENS`."""
+    its free memory (the smallest over the ranks, so that every rank runs the same plan),
+    elsewhere :data:`~moescale.train.config.MICRO_BATCH_TOKENS`."""
     if config.micro_batch_size is not None or ctx.device.type != "cuda":
         return MICRO_BATCH_TOKENS
     free = available_memory(str(ctx.device))
     if free is None:
         return MICRO_BATCH_TOKENS
-    return fitting_micro_batch_tokens(spec, free, world_size=ctx.world_size, fsdp=config.fsdp)
+    cap = fitting_micro_batch_tokens(spec, free, world_size=ctx.world_size, fsdp=config.fsdp)
+    return int(parallel.all_reduce_min(torch.tensor([float(cap)], dtype=torch.float64), ctx))
 
 
 class _Run:
