@@ -150,6 +150,11 @@ def test_trainer_takes_the_gpu_micro_batch_only_on_cuda(monkeypatch):
     assert (on_cpu.micro_batch_size, on_cpu.grad_accum) == (64, 8)
     fixed = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072, micro_batch_size=128)
     assert trainer._micro_batch_cap(spec, fixed, cuda) == 16384
+    # four runs sharing the GPU (a sweep's runs_per_gpu): each takes a quarter of the half
+    alone = trainer._micro_batch_cap(spec, cfg, cuda)
+    monkeypatch.setenv(rs.RUNS_PER_GPU_ENV, "4")
+    shared = trainer._micro_batch_cap(spec, cfg, cuda)
+    assert shared == rs.fitting_micro_batch_tokens(spec, 80 * 2**30, fraction=0.125) < alone
 
 
 def test_every_rank_takes_the_smallest_gpu_micro_batch(monkeypatch):

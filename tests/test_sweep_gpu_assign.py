@@ -46,6 +46,7 @@ def seen_run(payload):
     time.sleep(0.5)
     seen = {"name": payload["name"], "start": t0, "end": time.time(), "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "runs_per_gpu": os.environ.get("MOESCALE_RUNS_PER_GPU"),
             "rank": os.environ.get("RANK"), "world_size": os.environ.get("WORLD_SIZE"),
             "cores": sorted(os.sched_getaffinity(0))}
     out = Path(payload["out_dir"])
@@ -105,6 +106,7 @@ def test_local_pool_shares_one_gpu_between_runs_when_asked(tmp_path, monkeypatch
     assert any("time-slices" in m for m in said)  # the cost of sharing without MPS is said
     seen = _seen(path)
     assert [s["cuda_visible_devices"] for s in seen] == ["3", "3"]
+    assert [s["runs_per_gpu"] for s in seen] == ["2", "2"]  # the trainer sizes its share
     a, b = seen
     assert a["start"] < b["end"] and b["start"] < a["end"]  # they ran at once
     assert [p["runs_per_gpu"] for p in placements] == [2, 2]

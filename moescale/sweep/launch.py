@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from moescale.sweep.runner import RunFn, execute_payload, train_run
+from moescale.train.resources import RUNS_PER_GPU_ENV
 
 __all__ = ["run_placed", "torchrun_command", "launch_dir", "PAYLOAD_NAME", "RETURN_NAME",
            "LOG_NAME"]
@@ -118,6 +119,8 @@ def run_placed(payload: dict[str, Any], run_fn: RunFn | None,
             os.sched_setaffinity(0, cores)
     if placement.get("cuda_visible_devices") is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = placement["cuda_visible_devices"]
+    share = int(placement.get("runs_per_gpu") or 1)
+    os.environ[RUNS_PER_GPU_ENV] = str(share)  # the trainer's GPU micro-batch leaves room
     nproc = int(placement.get("nproc") or 1)
     threads = int(placement.get("threads") or 1)
     per_rank = max(1, threads // nproc)
@@ -135,7 +138,7 @@ def run_placed(payload: dict[str, Any], run_fn: RunFn | None,
             "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "runs_per_gpu": int(placement.get("runs_per_gpu") or 1),
+            "runs_per_gpu": share,
         }
     return res
 

@@ -37,6 +37,7 @@ __all__ = [
     "available_memory",
     "check_memory",
     "fitting_micro_batch_tokens",
+    "RUNS_PER_GPU_ENV",
     "check_budget",
     "check_threads",
     "cpu_cores",
@@ -182,6 +183,11 @@ def check_memory(
             f"{estimate.describe()}{per}; use a smaller model or micro-batch, more ranks with "
             "--fsdp, or --ignore-memory-check to try anyway"
         )
+
+
+RUNS_PER_GPU_ENV = "MOESCALE_RUNS_PER_GPU"
+"""Runs sharing this process's GPU: a sweep's ``[resources] runs_per_gpu``, set by its
+launcher; the trainer's GPU micro-batch then takes that share of half the free memory."""
 
 
 def fitting_micro_batch_tokens(

@@ -55,6 +55,7 @@ from moescale.train.config import (
 )
 from moescale.train.identity import identity_diff, run_identity, upgrade_identity
 from moescale.train.resources import (
+    RUNS_PER_GPU_ENV,
     available_memory,
     check_budget,
     check_memory,
@@ -166,14 +167,20 @@ def train(
 
 def _micro_batch_cap(spec: ModelSpec, config: TrainConfig, ctx) -> int:
     """Tokens per micro-batch when ``micro_batch_size`` is unset: on a GPU what fits in half
-    its free memory (the smallest over the ranks, so that every rank runs the same plan),
-    elsewhere :data:`~moescale.train.config.MICRO_BATCH_TOKENS`."""
+    its free memory, divided among the runs sharing it (:data:`RUNS_PER_GPU_ENV`), and the
+    smallest over the ranks, so that every rank runs the same plan; elsewhere
+    :data:`~moescale.train.config.MICRO_BATCH_TOKENS`."""
     if config.micro_batch_size is not None or ctx.device.type != "cuda":
         return MICRO_BATCH_TOKENS
     free = available_memory(str(ctx.device))
     if free is None:
         return MICRO_BATCH_TOKENS
-    cap = fitting_micro_batch_tokens(spec, free, world_size=ctx.world_size, fsdp=config.fsdp)
+    try:
+        share = max(1, int(os.environ.get(RUNS_PER_GPU_ENV, "1")))
+    except ValueError:
+        share = 1
+    cap = fitting_micro_batch_tokens(spec, free, world_size=ctx.world_size, fsdp=config.fsdp,
+                                     fraction=0.5 / share)
     return int(parallel.all_reduce_min(torch.tensor([float(cap)], dtype=torch.float64), ctx))
 
 
