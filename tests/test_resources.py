@@ -150,6 +150,10 @@ def test_trainer_takes_the_gpu_micro_batch_only_on_cuda(monkeypatch):
     assert (on_cpu.micro_batch_size, on_cpu.grad_accum) == (64, 8)
     fixed = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072, micro_batch_size=128)
     assert trainer._micro_batch_cap(spec, fixed, cuda) == 16384
+    # fp32 activations take twice the bytes of bf16 ones: half the tokens fit
+    fp32 = TrainConfig(compute=1e13, seq_len=256, batch_tokens=131072, dtype="float32")
+    assert trainer._micro_batch_cap(spec, fp32, cuda) == rs.fitting_micro_batch_tokens(
+        spec, 80 * 2**30, bf16=False) < trainer._micro_batch_cap(spec, cfg, cuda)
     # four runs sharing the GPU (a sweep's runs_per_gpu): each takes a quarter of the half
     alone = trainer._micro_batch_cap(spec, cfg, cuda)
     monkeypatch.setenv(rs.RUNS_PER_GPU_ENV, "4")

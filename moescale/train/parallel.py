@@ -117,20 +117,20 @@ def no_sync(model: nn.Module, active: bool):
 
 def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum a float64 tensor over ranks (identity in one process)."""
-    return _all_reduce(values, ctx, dist.ReduceOp.SUM if ctx.distributed else None)
+    return _all_reduce(values, ctx, "SUM")
 
 
 def all_reduce_min(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Element-wise minimum over ranks (identity in one process)."""
-    return _all_reduce(values, ctx, dist.ReduceOp.MIN if ctx.distributed else None)
+    return _all_reduce(values, ctx, "MIN")
 
 
-def _all_reduce(values: torch.Tensor, ctx: DistContext, op) -> torch.Tensor:
+def _all_reduce(values: torch.Tensor, ctx: DistContext, op: str) -> torch.Tensor:
     if ctx.distributed:
         on = values.device
         # nccl reduces device tensors only; gloo reduces CPU tensors
         values = values.to(ctx.device if ctx.device.type == "cuda" else "cpu", copy=True)
-        dist.all_reduce(values, op=op)
+        dist.all_reduce(values, op=getattr(dist.ReduceOp, op))
         values = values.to(on)
     return values
 

@@ -180,7 +180,7 @@ def _micro_batch_cap(spec: ModelSpec, config: TrainConfig, ctx) -> int:
     except ValueError:
         share = 1
     cap = fitting_micro_batch_tokens(spec, free, world_size=ctx.world_size, fsdp=config.fsdp,
-                                     fraction=0.5 / share)
+                                     bf16=config.dtype != "float32", fraction=0.5 / share)
     return int(parallel.all_reduce_min(torch.tensor([float(cap)], dtype=torch.float64), ctx))
 
 
