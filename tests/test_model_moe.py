@@ -9,6 +9,7 @@ import torch
 
 from moescale.errors import ConfigError
 from moescale.model import MoEConfig, MoELayer, load_balancing_loss, z_loss
+from moescale.model.cpu_kernels import KERNELS_ENV
 from moescale.model.moe import apply_capacity
 from moescale.model.moe_backends import (
     _partition,
@@ -49,13 +50,15 @@ def _starve(layer: MoELayer, experts: list[int]) -> None:
 
 @pytest.mark.parametrize("router", ["softmax_topk", "softmax_topk_renorm", "sigmoid_topk"])
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])
-@pytest.mark.parametrize("cpu_path", ["padded", "segments"])
+@pytest.mark.parametrize("cpu_path", ["padded", "segments", "segments_python"])
 def test_backends_agree_on_outputs_and_grads(monkeypatch, router, capacity_factor, cpu_path):
-    """``grouped`` (both CPU paths: padded bmm for small problems, per-expert segments)
-    against the reference loop."""
+    """``grouped`` (every CPU path: padded bmm for small problems, per-expert segments
+    through the compiled loops and through the Python loop) against the reference loop."""
     import moescale.model.moe_backends as mb
 
     monkeypatch.setattr(mb, "_PADDED_MAX_WORK", 1 << 62 if cpu_path == "padded" else -1)
+    if cpu_path == "segments_python":
+        monkeypatch.setenv(KERNELS_ENV, "python")
     x = torch.randn(3, 21, D, generator=torch.Generator().manual_seed(3))
     results = []
     for backend in ("loop", "grouped"):
@@ -75,10 +78,13 @@ def test_backends_agree_on_outputs_and_grads(monkeypatch, router, capacity_facto
         assert float(s["dropped_fraction"]) == float(s0["dropped_fraction"])
 
 
-def test_grouped_worker_threads_agree_with_loop(monkeypatch):
+@pytest.mark.parametrize("kernels", ["compiled", "python"])
+def test_grouped_worker_threads_agree_with_loop(monkeypatch, kernels):
     """Large enough for the per-expert worker threads; same numbers as one thread."""
     import moescale.model.moe_backends as mb
 
+    if kernels == "python":
+        monkeypatch.setenv(KERNELS_ENV, "python")
     monkeypatch.setattr(mb, "_PARALLEL_MIN_WORK", 1)
     monkeypatch.setattr(mb, "_PADDED_MAX_WORK", -1)
     torch.set_num_threads(2)
@@ -239,11 +245,35 @@ def test_moe_config_from_dict_rejects_unknown_keys():
 @pytest.mark.skipif(not hasattr(torch.nn.functional, "grouped_mm"), reason="no grouped_mm")
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])
 def test_grouped_mm_path_logic_on_cpu(monkeypatch, capacity_factor):
-    """The CUDA path's gather/offsets/masks/scatter, run through CPU ``grouped_mm``."""
+    """The CUDA path's gather/offsets/masks/scatter, run through CPU ``grouped_mm``. Rows
+    past ``offs[-1]``, which the kernel leaves unwritten in both passes, are filled with NaN
+    here: none may reach the output or a gradient (a dropped row's gate gradient once was
+    ``0 · NaN``, seen as a NaN row of x.grad when the heap held NaN)."""
     import moescale.model.moe_backends as mb
+
+    real = mb._GROUPED_MM
+
+    class Unwritten(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, offs):
+            ctx.save_for_backward(a, b, offs)
+            out = real(a, b, offs=offs)
+            out[int(offs[-1]):] = float("nan")
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            a, b, offs = ctx.saved_tensors
+            with torch.enable_grad():
+                a_, b_ = a.detach().requires_grad_(), b.detach().requires_grad_()
+                da, db = torch.autograd.grad(real(a_, b_, offs=offs), (a_, b_), grad)
+            da = da.clone()
+            da[int(offs[-1]):] = float("nan")
+            return da, db, None
 
     x = torch.randn(40, D, generator=torch.Generator().manual_seed(6))
     monkeypatch.setattr(mb, "grouped_mm_usable", lambda x, w: True)
+    monkeypatch.setattr(mb, "_GROUPED_MM", lambda a, b, offs: Unwritten.apply(a, b, offs))
     layer = _layer("grouped", capacity_factor=capacity_factor)
     _starve(layer, [3])
     ref_layer = _layer("loop", capacity_factor=capacity_factor)

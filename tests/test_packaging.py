@@ -32,6 +32,14 @@ def test_license_and_typing_marker_ship():
     assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["moescale"]
 
 
+def test_kernel_source_ships_and_ninja_comes_with_train():
+    """The compiled CPU loops are built from package data at run time, with ninja."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "**/*.cpp" in meta["tool"]["setuptools"]["package-data"]["moescale"]
+    assert (Path(moescale.__file__).parent / "model/csrc/segment_swiglu.cpp").is_file()
+    assert any(d.startswith("ninja") for d in meta["project"]["optional-dependencies"]["train"])
+
+
 def test_core_dependencies_exclude_the_heavy_extras():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = {d.split(">")[0].split("=")[0] for d in project["dependencies"]}

@@ -27,6 +27,7 @@ from torch import nn
 from moescale.allocator import retain_freed_memory
 from moescale.errors import ConfigError, check_range
 from moescale.model.config import MoEConfig
+from moescale.model.cpu_kernels import kernels_status
 from moescale.model.ffn import FeedForward
 from moescale.model.moe import MoELayer
 
@@ -83,7 +84,10 @@ def bench_moe_layer(
         With ``hf``: ``hf`` = ``{implementation: {"ms", "ratio"}}`` and
         ``hf_dense_width`` / ``hf_dense_ms`` (the reference of those ratios).
         ``allocator``: ``retain`` where glibc keeps freed memory for reuse, as the trainer
-        has it on CPU (:mod:`moescale.allocator`), else ``system``.
+        has it on CPU (:mod:`moescale.allocator`), else ``system``. ``cpu_kernels``:
+        ``compiled`` where the routed experts run the compiled segment loops
+        (:mod:`moescale.model.cpu_kernels`), ``python`` where they run the Python loop,
+        ``None`` where neither applies (CUDA, bf16).
         With ``processes`` > 1 the whole measurement runs in that many fresh (spawned)
         interpreters one after another: every timing and ratio is then the median over
         processes, and ``per_process`` lists each one's ``moe_ms``, ``dense_ms``,
@@ -127,8 +131,9 @@ def bench_moe_layer(
         torch.set_num_threads(threads)
     allocator = "retain" if device == "cpu" and retain_freed_memory() else "system"
     try:
+        kernels = kernels_status() if device == "cpu" and dtype != "bfloat16" else None
         return {**_run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repeats,
-                    loop, seed, tuple(hf)), "allocator": allocator}
+                    loop, seed, tuple(hf)), "allocator": allocator, "cpu_kernels": kernels}
     finally:
         torch.set_num_threads(previous)
 

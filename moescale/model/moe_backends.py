@@ -35,6 +35,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from moescale.errors import ConfigError
+from moescale.model.cpu_kernels import cpu_kernels
 from moescale.model.ffn import swiglu
 
 __all__ = [
@@ -125,6 +126,16 @@ def _workspace(like: torch.Tensor, rows: int, *widths: int) -> list[torch.Tensor
     return [like.new_empty(rows, w) for w in widths]
 
 
+def _compiled_kernels(x: torch.Tensor):
+    """The compiled segment loops (:mod:`moescale.model.cpu_kernels`) where they apply:
+    CPU, fp32/fp64, no dispatch mode (a ``FlopCounterMode`` must see every GEMM op);
+    ``None`` runs the Python loop below."""
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+            or _get_current_dispatch_mode() is not None):
+        return None
+    return cpu_kernels()
+
+
 class _SegmentSwiGLU(torch.autograd.Function):
     """Routed SwiGLU experts over expert-sorted assignments, one fused pass per segment.
 
@@ -145,8 +156,16 @@ class _SegmentSwiGLU(torch.autograd.Function):
         threads = torch.get_num_threads() if (x.device.type == "cpu" and big) else 1
         parts = _partition(bounds, threads)
 
+        kernels = _compiled_kernels(x)
+        if kernels is not None:
+            x, gates, token = x.contiguous(), gates.contiguous(), token.contiguous()
+
         def work(experts: list[int]) -> torch.Tensor:
             out = torch.zeros_like(x)
+            if kernels is not None:
+                kernels.segment_forward(x, gates, w_gate_up, w_down, token, bounds, experts,
+                                        h_all, out)
+                return out
             rows = max((bounds[e + 1] - bounds[e] for e in experts), default=0)
             xs_buf, y_buf, act_buf = _workspace(x, rows, d, d, f)
             for e in experts:
@@ -161,7 +180,7 @@ class _SegmentSwiGLU(torch.autograd.Function):
 
         out = _sum(_expert_parallel(work, parts))
         ctx.save_for_backward(x, gates, w_gate_up, w_down, token, h_all)
-        ctx.bounds, ctx.parts = bounds, parts
+        ctx.bounds, ctx.parts, ctx.kernels = bounds, parts, kernels
         return out
 
     @staticmethod
@@ -179,8 +198,16 @@ class _SegmentSwiGLU(torch.autograd.Function):
             if grad is not None and idle:
                 grad[idle] = 0.0  # experts that received no token
 
+        kernels = ctx.kernels
+        if kernels is not None:
+            dout = dout.contiguous()
+
         def work(experts: list[int]) -> torch.Tensor | None:
             dx = torch.zeros_like(x) if need_x else None
+            if kernels is not None:
+                kernels.segment_backward(dout, x, gates, w_gate_up, w_down, token, h_all,
+                                         bounds, experts, dx, dgates, dwgu, dwd)
+                return dx
             rows = max((bounds[e + 1] - bounds[e] for e in experts), default=0)
             dy_buf, xs_buf, silu_buf, act_buf, tmp_buf, dact_buf = _workspace(
                 x, rows, d, d, f, f, f, f)
@@ -281,8 +308,10 @@ def _grouped_mm_path(x, expert_sorted, gates_sorted, order, top_k, w_gate_up,
     sync and no atomic adds (:class:`_GatherRows`, :class:`_CombineRows`).
 
     Rows past ``offs[-1]`` (assignments dropped by a capacity limit, sorted last) are left
-    unwritten by the kernel in both passes; the three ``where`` masks keep whatever they
-    hold out of the output and out of every gradient.
+    unwritten by the kernel in both passes, so they hold whatever the memory held, NaN
+    included. The ``where`` masks keep it out of the output and of every gradient: ``h`` is
+    masked before the SwiGLU (else the gate gradient ``dact · swiglu(h)`` of a dropped
+    row is ``0 · NaN``), and ``act``'s mask zeroes the unwritten rows of its gradient.
     """
     n_experts = w_gate_up.shape[0]
     token = order // top_k
@@ -293,7 +322,7 @@ def _grouped_mm_path(x, expert_sorted, gates_sorted, order, top_k, w_gate_up,
     valid = (expert_sorted < n_experts)[:, None]
     xs = torch.where(valid, _GatherRows.apply(x, token, inv, top_k), 0.0)
     # w.transpose(-2, -1) of the (out, in) weights is the column-major mat_b the kernel wants.
-    h = _GROUPED_MM(xs, w_gate_up.transpose(-2, -1), offs=offs)
+    h = torch.where(valid, _GROUPED_MM(xs, w_gate_up.transpose(-2, -1), offs=offs), 0.0)
     act = torch.where(valid, swiglu(h) * gates_sorted[:, None], 0.0)
     y = _GROUPED_MM(act, w_down.transpose(-2, -1), offs=offs)
     y = torch.where(valid, y, 0.0)

@@ -1,0 +1,111 @@
+"""The compiled CPU segment loops (moescale.model.cpu_kernels): they build where a compiler
+is present, match the reference loop to float64 rounding, and fall back with a warning."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+import moescale.model.cpu_kernels as ck
+import moescale.model.moe_backends as mb
+from moescale.model import MoEConfig, MoELayer
+from moescale.model.moe_backends import grouped_experts, loop_experts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _compiler_present() -> bool:
+    try:
+        import ninja  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+@pytest.fixture
+def segments(monkeypatch):
+    """Force the per-expert segment path (no padded bmm) and the worker threads."""
+    monkeypatch.setattr(mb, "_PADDED_MAX_WORK", -1)
+    monkeypatch.setattr(mb, "_PARALLEL_MIN_WORK", 1)
+
+
+@pytest.mark.skipif(not _compiler_present(), reason="no C++ compiler or ninja here")
+def test_extension_builds_where_a_compiler_is_present(monkeypatch):
+    """With a compiler the extension must build: a broken build must not hide behind the
+    Python fallback (which is correct but slower)."""
+    monkeypatch.delenv(ck.KERNELS_ENV, raising=False)
+    assert ck.kernels_status() == "compiled"
+    assert hasattr(ck.cpu_kernels(), "segment_backward")
+
+
+def _routed(x, w_gate_up, w_down, expert_idx, gates, fn):
+    class Experts:  # the attributes the back-ends read
+        n_experts = w_gate_up.shape[0]
+
+    Experts.w_gate_up, Experts.w_down = w_gate_up, w_down
+    return fn(x, expert_idx, gates, Experts)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_segments_match_the_loop_in_float64(segments, monkeypatch, threads):
+    """Output and every gradient (x, gates, both weights) of the compiled loops against the
+    reference loop in float64, with dropped assignments (index E), experts that get no token
+    and a non-contiguous output gradient."""
+    if not _compiler_present():
+        pytest.skip("no C++ compiler or ninja here")
+    monkeypatch.delenv(ck.KERNELS_ENV, raising=False)
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    t, d, f, e, k = 37, 24, 10, 6, 2
+    x = torch.randn(t, d, generator=g, dtype=torch.float64)
+    w_gu = torch.randn(e, 2 * f, d, generator=g, dtype=torch.float64) / d**0.5
+    w_d = torch.randn(e, d, f, generator=g, dtype=torch.float64) / f**0.5
+    idx = torch.randint(0, e - 1, (t, k), generator=g)  # expert e-1 gets no token
+    idx[::5, 1] = e  # dropped by a capacity limit
+    gates = torch.rand(t, k, generator=g, dtype=torch.float64)
+    weight = torch.randn(d, t, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (loop_experts, grouped_experts):
+        leaves = [a.clone().requires_grad_(True) for a in (x, w_gu, w_d, gates)]
+        y = _routed(leaves[0], leaves[1], leaves[2], idx, leaves[3], fn)
+        (y.t() * weight).sum().backward()  # dL/dy = weight.t(): not contiguous
+        grads.append([y.detach(), *(a.grad for a in leaves)])
+    assert ck.cpu_kernels() is not None
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert grads[1][2][e - 1].abs().sum() == 0  # the idle expert's weight gradient
+
+
+def test_disabled_by_the_environment(monkeypatch):
+    monkeypatch.setenv(ck.KERNELS_ENV, "python")
+    assert ck.cpu_kernels() is None and ck.kernels_status() == "python"
+
+
+def test_failed_build_warns_with_the_cause_and_falls_back(segments, monkeypatch):
+    """A failed build names the compiler's error line; the layer then runs the Python loop
+    with the same results as the reference loop."""
+    import torch.utils.cpp_extension as cpp
+
+    def broken(**kwargs):
+        raise RuntimeError("Error building extension 'x': [1/2] c++ ...\n"
+                           "segment_swiglu.cpp:1:1: error: boom\nninja: build stopped")
+
+    monkeypatch.delenv(ck.KERNELS_ENV, raising=False)
+    monkeypatch.setattr(ck, "_cache", {})
+    monkeypatch.setattr(cpp, "load", broken)
+    with pytest.warns(RuntimeWarning, match="could not be built.*error: boom.*Python loop"):
+        assert ck.cpu_kernels() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not on every call
+        assert ck.cpu_kernels() is None
+    torch.manual_seed(0)
+    layers = [MoELayer(d_model=16, n_experts=4, top_k=2, d_expert=8,
+                       cfg=MoEConfig(backend=b)) for b in ("loop", "grouped")]
+    for p in layers[0].parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    layers[1].load_state_dict(layers[0].state_dict())
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(layers[1](x)[0], layers[0](x)[0], rtol=1e-5, atol=1e-6)
