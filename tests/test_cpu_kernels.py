@@ -3,7 +3,10 @@ is present, match the reference loop to float64 rounding, and fall back with a w
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -109,3 +112,43 @@ def test_failed_build_warns_with_the_cause_and_falls_back(segments, monkeypatch)
     layers[1].load_state_dict(layers[0].state_dict())
     x = torch.randn(2, 9, 16)
     torch.testing.assert_close(layers[1](x)[0], layers[0](x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_runs_the_segments_eagerly_without_warnings(segments):
+    """Under ``torch.compile`` the segment path is left out of the graph (its bounds are
+    host values and its loops an extension): same numbers, and no dynamo warning about an
+    untraceable builtin."""
+    torch.manual_seed(0)
+    layer = MoELayer(d_model=32, n_experts=4, top_k=2, d_expert=16, n_shared=1, d_shared=16,
+                     cfg=MoEConfig(backend="grouped"))
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(64, 32, requires_grad=True)
+    y0 = layer(x)[0]
+    y0.square().sum().backward()
+    g0, x.grad = x.grad, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y1 = torch.compile(layer)(x)[0]
+        y1.square().sum().backward()
+    assert [str(w.message) for w in caught if "ynamo" in str(w.message)] == []
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, g0, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_processes_building_at_once_share_one_build(tmp_path):
+    """Sweep workers start together: two fresh processes needing the extension at the same
+    time in an empty extensions directory both get the compiled loops (one builds, the other
+    waits on torch's lock) and one build lands."""
+    if not _compiler_present():
+        pytest.skip("no C++ compiler or ninja here")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    env.pop(ck.KERNELS_ENV, None)
+    code = "from moescale.model.cpu_kernels import kernels_status; print(kernels_status())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [o.strip() for o, _ in outs] == ["compiled", "compiled"], outs
+    assert len([d for d in tmp_path.iterdir() if d.name.startswith("moescale_segment_")]) == 1

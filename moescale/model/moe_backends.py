@@ -372,6 +372,11 @@ def _grouped(x, expert_idx, gates, w_gate_up, w_down) -> torch.Tensor:
     if (flat.numel() * x.shape[1] * w_down.shape[-1] <= _PADDED_MAX_WORK
             and _get_current_dispatch_mode() is None):  # FlopCounterMode: count real work
         return _padded_path(x, flat[order], gates_sorted, token, counts, w_gate_up, w_down)
+    return _segments(x, gates_sorted, w_gate_up, w_down, token, counts)
+
+
+@torch.compiler.disable  # host-side bounds and compiled loops: eager under torch.compile
+def _segments(x, gates_sorted, w_gate_up, w_down, token, counts) -> torch.Tensor:
     bounds = [0, *torch.cumsum(counts, 0).tolist()]
     return _SegmentSwiGLU.apply(x, gates_sorted, w_gate_up, w_down, token, bounds)
 
