@@ -14,6 +14,7 @@ import torch
 
 import moescale.model.cpu_kernels as ck
 import moescale.model.moe_backends as mb
+from moescale.errors import ConfigError
 from moescale.model import MoEConfig, MoELayer
 from moescale.model.moe_backends import grouped_experts, loop_experts
 
@@ -85,6 +86,26 @@ def test_compiled_segments_match_the_loop_in_float64(segments, monkeypatch, thre
 def test_disabled_by_the_environment(monkeypatch):
     monkeypatch.setenv(ck.KERNELS_ENV, "python")
     assert ck.cpu_kernels() is None and ck.kernels_status() == "python"
+
+
+def test_unknown_environment_value_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(ck.KERNELS_ENV, "pyhton")
+    with pytest.raises(ConfigError, match="MOESCALE_CPU_KERNELS must be one of compiled, "
+                                          "python; got 'pyhton'"):
+        ck.cpu_kernels()
+
+
+def test_bench_reports_which_loop_ran(monkeypatch):
+    """``cpu_kernels`` is None where the padded bmm path runs, else the loop in use."""
+    from moescale.model.bench import bench_moe_layer
+
+    small = bench_moe_layer(experts=4, top_k=2, d_model=16, d_expert=8, tokens=32, repeats=1,
+                            loop=False)
+    assert small["cpu_kernels"] is None
+    monkeypatch.setenv(ck.KERNELS_ENV, "python")
+    big = bench_moe_layer(experts=4, top_k=2, d_model=64, d_expert=32, tokens=2048,
+                          repeats=1, loop=False)
+    assert big["cpu_kernels"] == "python"
 
 
 def test_failed_build_warns_with_the_cause_and_falls_back(segments, monkeypatch):

@@ -30,6 +30,7 @@ from moescale.model.config import MoEConfig
 from moescale.model.cpu_kernels import kernels_status
 from moescale.model.ffn import FeedForward
 from moescale.model.moe import MoELayer
+from moescale.model.moe_backends import _PADDED_MAX_WORK
 
 __all__ = ["bench_moe_layer"]
 
@@ -87,7 +88,8 @@ def bench_moe_layer(
         has it on CPU (:mod:`moescale.allocator`), else ``system``. ``cpu_kernels``:
         ``compiled`` where the routed experts run the compiled segment loops
         (:mod:`moescale.model.cpu_kernels`), ``python`` where they run the Python loop,
-        ``None`` where neither applies (CUDA, bf16).
+        ``None`` where neither applies (CUDA, bf16, or a problem small enough for the
+        padded ``bmm`` path).
         With ``processes`` > 1 the whole measurement runs in that many fresh (spawned)
         interpreters one after another: every timing and ratio is then the median over
         processes, and ``per_process`` lists each one's ``moe_ms``, ``dense_ms``,
@@ -131,7 +133,9 @@ def bench_moe_layer(
         torch.set_num_threads(threads)
     allocator = "retain" if device == "cpu" and retain_freed_memory() else "system"
     try:
-        kernels = kernels_status() if device == "cpu" and dtype != "bfloat16" else None
+        segments = tokens * top_k * d_model * d_expert > _PADDED_MAX_WORK  # not padded bmm
+        kernels = (kernels_status() if device == "cpu" and dtype != "bfloat16" and segments
+                   else None)
         return {**_run(experts, top_k, shared, d_model, d_expert, tokens, device, dtype, repeats,
                     loop, seed, tuple(hf)), "allocator": allocator, "cpu_kernels": kernels}
     finally:

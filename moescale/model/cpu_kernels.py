@@ -29,10 +29,14 @@ from types import ModuleType
 
 import torch
 
+from moescale.errors import ConfigError
+
 __all__ = ["KERNELS_ENV", "cpu_kernels", "kernels_status"]
 
 KERNELS_ENV = "MOESCALE_CPU_KERNELS"
-"""``python`` (or ``0``/``off``) runs the Python loop; anything else, or unset, the extension."""
+"""``compiled`` (the default, also when unset or empty) or ``python`` (the Python loop, no
+build); any other value is refused with a :class:`~moescale.errors.ConfigError`."""
+_CHOICES = ("compiled", "python")
 
 _SOURCE = Path(__file__).with_name("csrc") / "segment_swiglu.cpp"
 _lock = threading.Lock()
@@ -41,7 +45,10 @@ _log = logging.getLogger(__name__)
 
 
 def _disabled() -> bool:
-    return os.environ.get(KERNELS_ENV, "").strip().lower() in ("python", "0", "off", "false")
+    value = os.environ.get(KERNELS_ENV, "").strip().lower() or "compiled"
+    if value not in _CHOICES:
+        raise ConfigError(f"{KERNELS_ENV} must be one of {', '.join(_CHOICES)}; got {value!r}")
+    return value == "python"
 
 
 def _native() -> bool:
