@@ -16,7 +16,8 @@ import moescale.model.cpu_kernels as ck
 import moescale.model.moe_backends as mb
 from moescale.errors import ConfigError
 from moescale.model import MoEConfig, MoELayer
-from moescale.model.moe_backends import grouped_experts, loop_experts
+from moescale.model.ffn import FeedForward
+from moescale.model.moe_backends import _schedule, grouped_experts, loop_experts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,28 +46,35 @@ def test_extension_builds_where_a_compiler_is_present(monkeypatch):
     assert hasattr(ck.cpu_kernels(), "segment_backward")
 
 
-def _routed(x, w_gate_up, w_down, expert_idx, gates, fn):
+def _routed(x, w_gate_up, w_down, expert_idx, gates, fn, shared=None):
     class Experts:  # the attributes the back-ends read
         n_experts = w_gate_up.shape[0]
 
     Experts.w_gate_up, Experts.w_down = w_gate_up, w_down
-    return fn(x, expert_idx, gates, Experts)
+    return fn(x, expert_idx, gates, Experts, shared=shared)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_compiled_segments_match_the_loop_in_float64(segments, monkeypatch, threads):
-    """Output and every gradient (x, gates, both weights) of the compiled loops against the
-    reference loop in float64, with dropped assignments (index E), experts that get no token
-    and a non-contiguous output gradient."""
+@pytest.mark.parametrize("shape", ["small", "chunked"])
+@pytest.mark.parametrize("with_shared", [False, True])
+def test_compiled_segments_match_the_loop_in_float64(segments, monkeypatch, threads, shape,
+                                                     with_shared):
+    """Output and every gradient (x, gates, both weights, the shared expert's) of the compiled
+    loops against the reference loop in float64, with dropped assignments (index E), experts
+    that get no token and a non-contiguous output gradient. ``chunked``: D 2048, so segments
+    (and the shared expert's rows) run in several chunks of 64 rows. At two workers the
+    smallest experts form the dynamic tail (:func:`_schedule`)."""
     if not _compiler_present():
         pytest.skip("no C++ compiler or ninja here")
     monkeypatch.delenv(ck.KERNELS_ENV, raising=False)
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    t, d, f, e, k = 37, 24, 10, 6, 2
+    t, d, f, e, k = (37, 24, 10, 6, 2) if shape == "small" else (300, 2048, 8, 5, 2)
     x = torch.randn(t, d, generator=g, dtype=torch.float64)
     w_gu = torch.randn(e, 2 * f, d, generator=g, dtype=torch.float64) / d**0.5
     w_d = torch.randn(e, d, f, generator=g, dtype=torch.float64) / f**0.5
+    ws_gu = torch.randn(2 * (f + 3), d, generator=g, dtype=torch.float64) / d**0.5
+    ws_d = torch.randn(d, f + 3, generator=g, dtype=torch.float64) / f**0.5
     idx = torch.randint(0, e - 1, (t, k), generator=g)  # expert e-1 gets no token
     idx[::5, 1] = e  # dropped by a capacity limit
     gates = torch.rand(t, k, generator=g, dtype=torch.float64)
@@ -74,13 +82,57 @@ def test_compiled_segments_match_the_loop_in_float64(segments, monkeypatch, thre
     grads = []
     for fn in (loop_experts, grouped_experts):
         leaves = [a.clone().requires_grad_(True) for a in (x, w_gu, w_d, gates)]
-        y = _routed(leaves[0], leaves[1], leaves[2], idx, leaves[3], fn)
+        shared = None
+        if with_shared:  # a FeedForward of width F + 3 (another width than the experts')
+            shared = FeedForward(d, f + 3).double()
+            with torch.no_grad():
+                shared.gate_up.weight.copy_(ws_gu)
+                shared.down.weight.copy_(ws_d)
+        y = _routed(leaves[0], leaves[1], leaves[2], idx, leaves[3], fn, shared)
         (y.t() * weight).sum().backward()  # dL/dy = weight.t(): not contiguous
-        grads.append([y.detach(), *(a.grad for a in leaves)])
+        extra = [shared.gate_up.weight.grad, shared.down.weight.grad] if shared else []
+        grads.append([y.detach(), *(a.grad for a in leaves), *extra])
     assert ck.cpu_kernels() is not None
     for got, want in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert grads[1][2][e - 1].abs().sum() == 0  # the idle expert's weight gradient
+
+
+def test_two_workers_with_a_tail_are_bitwise_reproducible(segments, monkeypatch):
+    """Which worker claims a tail expert changes from call to call; the output and every
+    gradient must not (CPU training promises a bit-identical resume)."""
+    if not _compiler_present():
+        pytest.skip("no C++ compiler or ninja here")
+    monkeypatch.delenv(ck.KERNELS_ENV, raising=False)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    layer = MoELayer(d_model=64, n_experts=16, top_k=4, d_expert=32, n_shared=1, d_shared=32,
+                     cfg=MoEConfig(backend="grouped"))
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(512, 64)
+    runs = []
+    for _ in range(6):
+        xi = x.clone().requires_grad_(True)
+        layer.zero_grad(set_to_none=True)
+        y = layer(xi)[0]
+        y.square().sum().backward()
+        runs.append([y.detach(), xi.grad, *(p.grad for p in layer.parameters())])
+    for run in runs[1:]:
+        for got, want in zip(run, runs[0], strict=True):
+            assert torch.equal(got, want)
+
+
+def test_schedule_tail_is_the_smallest_experts_never_the_shared_one():
+    bounds = [0, 50, 50, 53, 90, 91, 140, 141, 200, 300]  # 9 experts, one empty
+    sizes = [*bounds, bounds[-1] + 400]  # index 9: the shared expert, 400 rows
+    parts, tail = _schedule(sizes, 2, eligible=9)
+    assert tail == [4, 6]  # the two smallest non-empty (1 row each): 8 // 4 = 2
+    static = sorted(e for p in parts for e in p)
+    assert static == [0, 2, 3, 5, 7, 8, 9]  # every other non-empty one, the shared one once
+    assert _schedule(sizes, 1, eligible=9) == ([[0, 2, 3, 4, 5, 6, 7, 8, 9]], [])
+    parts, tail = _schedule([0, 400, 800], 2, eligible=2)  # too few experts for a tail
+    assert tail == [] and sorted(map(sorted, parts)) == [[0], [1]]
 
 
 def test_disabled_by_the_environment(monkeypatch):

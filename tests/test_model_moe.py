@@ -23,10 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 D, F_EXPERT, E, K = 32, 16, 8, 2
 
 
-def _layer(backend: str, seed: int = 0, **cfg) -> MoELayer:
+def _layer(backend: str, seed: int = 0, shared_gate: bool = True, **cfg) -> MoELayer:
     torch.manual_seed(seed)
     layer = MoELayer(d_model=D, n_experts=E, top_k=K, d_expert=F_EXPERT, n_shared=1,
-                     d_shared=F_EXPERT, shared_expert_gate=True,
+                     d_shared=F_EXPERT, shared_expert_gate=shared_gate,
                      cfg=MoEConfig(backend=backend, **cfg))
     with torch.no_grad():
         for p in layer.parameters():
@@ -51,9 +51,13 @@ def _starve(layer: MoELayer, experts: list[int]) -> None:
 @pytest.mark.parametrize("router", ["softmax_topk", "softmax_topk_renorm", "sigmoid_topk"])
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])
 @pytest.mark.parametrize("cpu_path", ["padded", "segments", "segments_python"])
-def test_backends_agree_on_outputs_and_grads(monkeypatch, router, capacity_factor, cpu_path):
+@pytest.mark.parametrize("shared_gate", [True, False])
+def test_backends_agree_on_outputs_and_grads(monkeypatch, router, capacity_factor, cpu_path,
+                                             shared_gate):
     """``grouped`` (every CPU path: padded bmm for small problems, per-expert segments
-    through the compiled loops and through the Python loop) against the reference loop."""
+    through the compiled loops and through the Python loop) against the reference loop,
+    with a gated shared expert (added by the layer) and an ungated one (run by the
+    back-end, inside the segment loops)."""
     import moescale.model.moe_backends as mb
 
     monkeypatch.setattr(mb, "_PADDED_MAX_WORK", 1 << 62 if cpu_path == "padded" else -1)
@@ -63,7 +67,7 @@ def test_backends_agree_on_outputs_and_grads(monkeypatch, router, capacity_facto
     results = []
     for backend in ("loop", "grouped"):
         layer = _layer(backend, router=router, capacity_factor=capacity_factor,
-                       routed_scaling=1.5)
+                       routed_scaling=1.5, shared_gate=shared_gate)
         _starve(layer, [1, 6])  # experts receiving no tokens
         results.append(_run(layer, x))
     y0, gx0, g0, s0 = results[0]
@@ -79,8 +83,10 @@ def test_backends_agree_on_outputs_and_grads(monkeypatch, router, capacity_facto
 
 
 @pytest.mark.parametrize("kernels", ["compiled", "python"])
-def test_grouped_worker_threads_agree_with_loop(monkeypatch, kernels):
-    """Large enough for the per-expert worker threads; same numbers as one thread."""
+@pytest.mark.parametrize("shared_gate", [True, False])
+def test_grouped_worker_threads_agree_with_loop(monkeypatch, kernels, shared_gate):
+    """Large enough for the per-expert worker threads (and, compiled, their dynamic tail);
+    same numbers as the reference loop, the shared expert inside the workers or not."""
     import moescale.model.moe_backends as mb
 
     if kernels == "python":
@@ -89,8 +95,8 @@ def test_grouped_worker_threads_agree_with_loop(monkeypatch, kernels):
     monkeypatch.setattr(mb, "_PADDED_MAX_WORK", -1)
     torch.set_num_threads(2)
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(4))
-    y0, gx0, g0, _ = _run(_layer("loop"), x)
-    y1, gx1, g1, _ = _run(_layer("grouped"), x)
+    y0, gx0, g0, _ = _run(_layer("loop", shared_gate=shared_gate), x)
+    y1, gx1, g1, _ = _run(_layer("grouped", shared_gate=shared_gate), x)
     torch.testing.assert_close(y1, y0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gx1, gx0, atol=1e-5, rtol=1e-5)
     for name in g0:

@@ -123,12 +123,13 @@ class MoELayer(nn.Module):
         if capacity is not None:
             expert_idx = apply_capacity(expert_idx, self.n_experts, capacity)
             dropped = (expert_idx == self.n_experts).float().mean()
-        out = self.run_experts(x, expert_idx, routing.gates.to(x.dtype), self.experts)
-        if self.shared is not None:
-            shared = self.shared(x)
-            if self.shared_gate is not None:
-                shared = torch.sigmoid(self.shared_gate(x)) * shared
-            out = out + shared
+        # An ungated shared expert runs inside the back-end (one more work item of the CPU
+        # segment loops); a gated one (Qwen2-MoE) is added here.
+        gated = self.shared_gate is not None
+        out = self.run_experts(x, expert_idx, routing.gates.to(x.dtype), self.experts,
+                               shared=None if gated else self.shared)
+        if self.shared is not None and gated:
+            out = out + torch.sigmoid(self.shared_gate(x)) * self.shared(x)
         load = routing.load
         stats = {
             "load": load,

@@ -1,7 +1,8 @@
 """Back-ends of the routed experts: dispatch, expert SwiGLUs and combine (torchtitan style).
 
-A back-end is a function ``(x [T, D], expert_idx [T, K], gates [T, K], experts) -> [T, D]``
-computing ``y_t = Σ_k gates[t, k] · Expert_{expert_idx[t, k]}(x_t)``. An ``expert_idx``
+A back-end is a function ``(x [T, D], expert_idx [T, K], gates [T, K], experts, shared=None)
+-> [T, D]`` computing ``y_t = Σ_k gates[t, k] · Expert_{expert_idx[t, k]}(x_t)`` (plus
+``shared(x_t)`` when the shared experts' ``FeedForward`` is given). An ``expert_idx``
 equal to E marks an assignment dropped by the capacity limit: it contributes nothing.
 The weights live in :class:`~moescale.model.moe.RoutedExperts`, so every back-end has the
 same ``state_dict`` keys.
@@ -46,9 +47,9 @@ __all__ = [
 
 
 def loop_experts(
-    x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, experts
+    x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, experts, shared=None
 ) -> torch.Tensor:
-    """Reference per-expert loop (plain autograd)."""
+    """Reference per-expert loop (plain autograd), plus ``shared(x)`` if given."""
     out = torch.zeros_like(x)
     for e in range(experts.n_experts):
         token, slot = torch.where(expert_idx == e)
@@ -57,7 +58,7 @@ def loop_experts(
         h = x[token] @ experts.w_gate_up[e].t()
         y = swiglu(h) @ experts.w_down[e].t()
         out.index_add_(0, token, y * gates[token, slot, None])
-    return out
+    return out if shared is None else out + shared(x)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -80,6 +81,30 @@ def _partition(bounds: list[int], n: int) -> list[list[int]]:
         parts[i].append(e)
         loads[i] += size
     return [sorted(p) for p in parts]
+
+
+def _schedule(bounds: list[int], n: int, eligible: int) -> tuple[list[list[int]], list[int]]:
+    """Static parts and a dynamic tail for ``n`` workers of the compiled loops.
+
+    The smallest non-empty experts, up to two per worker and a quarter of them all, form the
+    tail: each worker runs its part (:func:`_partition` of the others), then claims tail
+    experts until none is left, so a worker slowed by the machine (measured: the two finish
+    up to 10 ms apart on a 2-core host, and which one is late changes from call to call)
+    leaves its share of the tail to the other. A tail expert's rows are added afterwards in
+    a fixed order, so the result does not depend on which worker ran it. Only experts
+    ``e < eligible`` join the tail (the shared expert, index E, is always static). One
+    worker: no tail.
+    """
+    if n == 1:
+        return _partition(bounds, 1), []
+    sizes = sorted((bounds[e + 1] - bounds[e], e) for e in range(eligible)
+                   if bounds[e + 1] > bounds[e])
+    tail = [e for _, e in sizes[: min(2 * n, len(sizes) // 4)]]
+    keep = set(tail)
+    static = [bounds[0]]  # the bounds with the tail experts emptied
+    for e in range(len(bounds) - 1):
+        static.append(static[-1] + (0 if e in keep else bounds[e + 1] - bounds[e]))
+    return _partition(static, n), tail
 
 
 def _expert_parallel(work: Callable[[list[int]], torch.Tensor], parts: list[list[int]]):
@@ -138,11 +163,43 @@ def _compiled_kernels(x: torch.Tensor):
     return cpu_kernels()
 
 
+class _Deferred:
+    """The tail experts' rows of one pass (:func:`_schedule`): a buffer the workers fill and
+    a shared claim counter, then one ordered scatter-add into the summed output."""
+
+    def __init__(self, x: torch.Tensor, token: torch.Tensor, bounds: list[int],
+                 tail: list[int], rows: bool = True) -> None:
+        self.tail = tail
+        sizes = [bounds[e + 1] - bounds[e] for e in tail]
+        self.offsets = [0]
+        for size in sizes[:-1]:
+            self.offsets.append(self.offsets[-1] + size)
+        keep = bool(tail) and rows  # backward without dx: a tail but no rows to add
+        self.rows = x.new_empty(sum(sizes), x.shape[1]) if keep else None
+        self.counter = torch.zeros(1, dtype=torch.int64) if tail else None
+        self.token = (torch.cat([token[bounds[e]: bounds[e + 1]] for e in tail]) if keep
+                      else None)
+
+    def args(self) -> tuple:
+        """``tail, tail_offsets, tail_rows, counter`` of the compiled loops."""
+        return self.tail, self.offsets, self.rows, self.counter
+
+    def add_to(self, out: torch.Tensor, kernels) -> torch.Tensor:
+        if self.rows is not None:
+            kernels.scatter_add(out, self.token, self.rows)
+        return out
+
+
 class _SegmentSwiGLU(torch.autograd.Function):
-    """Routed SwiGLU experts over expert-sorted assignments, one fused pass per segment.
+    """Routed SwiGLU experts over expert-sorted assignments, one fused pass per segment,
+    plus (optionally) the shared expert.
 
     Inputs: x [T, D]; gates [N] and token [N] sorted by expert; w_gate_up [E, 2F, D];
-    w_down [E, D, F]; bounds: Python list of E+1 segment boundaries into the sorted order.
+    w_down [E, D, F]; bounds: Python list of E+1 segment boundaries into the sorted order;
+    ws_gate_up [2F_s, D] and ws_down [D, F_s], the shared expert's weights, or ``None``.
+    The shared expert is one more work item (index E) over all T rows of x, read in place
+    (no gather) with weight 1 and accumulated straight into the output (no scatter, no
+    separate ``routed + shared`` pass).
     Experts are split over ``torch.get_num_threads()`` single-threaded workers, each
     accumulating into its own [T, D] buffer (summed at the end); every other output
     (gate/up activations, gate and weight gradients) is written to disjoint slices.
@@ -150,27 +207,37 @@ class _SegmentSwiGLU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, gates, w_gate_up, w_down, token, bounds):
+    def forward(ctx, x, gates, w_gate_up, w_down, token, bounds, ws_gate_up, ws_down):
         d, f = x.shape[1], w_down.shape[-1]
+        n_exp, shared = len(bounds) - 1, ws_down is not None
         h_all = x.new_empty(bounds[-1], 2 * f)
+        hs_all = x.new_empty(x.shape[0], ws_gate_up.shape[0]) if shared else None
         # Worker threads pay off on CPU once the segments are big enough (~measured).
         big = bounds[-1] * d * f >= _PARALLEL_MIN_WORK
         threads = torch.get_num_threads() if (x.device.type == "cpu" and big) else 1
-        parts = _partition(bounds, threads)
-
+        sizes = bounds + [bounds[-1] + x.shape[0]] if shared else bounds  # E: the shared one
         kernels = _compiled_kernels(x)
         if kernels is not None:
             x, gates, token = x.contiguous(), gates.contiguous(), token.contiguous()
+            parts, tail = _schedule(sizes, threads, n_exp)
+        else:
+            parts, tail = _partition(sizes, threads), []
+        deferred = _Deferred(x, token, bounds, tail)
 
         def work(experts: list[int]) -> torch.Tensor:
             out = torch.zeros_like(x)
             if kernels is not None:
                 kernels.segment_forward(x, gates, w_gate_up, w_down, token, bounds, experts,
-                                        h_all, out)
+                                        h_all, out, *deferred.args(), ws_gate_up, ws_down,
+                                        hs_all)
                 return out
-            rows = max((bounds[e + 1] - bounds[e] for e in experts), default=0)
+            rows = max((bounds[e + 1] - bounds[e] for e in experts if e < n_exp), default=0)
             xs_buf, y_buf, act_buf = _workspace(x, rows, d, d, f)
             for e in experts:
+                if e == n_exp:  # the shared expert: all rows, weight 1
+                    hs = torch.mm(x, ws_gate_up.t(), out=hs_all)
+                    out.add_(torch.mm(swiglu(hs), ws_down.t()))
+                    continue
                 a, b = bounds[e], bounds[e + 1]
                 idx = token[a:b]
                 xs = torch.index_select(x, 0, idx, out=xs_buf[: b - a])
@@ -180,22 +247,28 @@ class _SegmentSwiGLU(torch.autograd.Function):
                 out.index_add_(0, idx, torch.mm(act, w_down[e].t(), out=y_buf[: b - a]))
             return out
 
-        out = _sum(_expert_parallel(work, parts))
-        ctx.save_for_backward(x, gates, w_gate_up, w_down, token, h_all)
-        ctx.bounds, ctx.parts, ctx.kernels = bounds, parts, kernels
+        out = deferred.add_to(_sum(_expert_parallel(work, parts)), kernels)
+        ctx.save_for_backward(x, gates, w_gate_up, w_down, token, h_all, ws_gate_up, ws_down,
+                              hs_all)
+        ctx.bounds, ctx.parts, ctx.tail, ctx.kernels = bounds, parts, tail, kernels
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
-        x, gates, w_gate_up, w_down, token, h_all = ctx.saved_tensors
+        x, gates, w_gate_up, w_down, token, h_all, ws_gate_up, ws_down, hs_all = (
+            ctx.saved_tensors)
         need_x, need_g, need_wgu, need_wd = ctx.needs_input_grad[:4]
+        need_wsgu, need_wsd = ctx.needs_input_grad[6:8]
         d, f = x.shape[1], w_down.shape[-1]
+        n_exp = len(ctx.bounds) - 1
         dgates = torch.zeros_like(gates) if need_g else None
         dwgu = torch.empty_like(w_gate_up) if need_wgu else None
         dwd = torch.empty_like(w_down) if need_wd else None
+        dwsgu = torch.empty_like(ws_gate_up) if need_wsgu else None
+        dwsd = torch.empty_like(ws_down) if need_wsd else None
         bounds = ctx.bounds
-        idle = [e for e in range(len(bounds) - 1) if bounds[e + 1] == bounds[e]]
+        idle = [e for e in range(n_exp) if bounds[e + 1] == bounds[e]]
         for grad in (dwgu, dwd):
             if grad is not None and idle:
                 grad[idle] = 0.0  # experts that received no token
@@ -203,18 +276,24 @@ class _SegmentSwiGLU(torch.autograd.Function):
         kernels = ctx.kernels
         if kernels is not None:
             dout = dout.contiguous()
+        deferred = _Deferred(x, token, bounds, ctx.tail, rows=need_x)
 
         def work(experts: list[int]) -> torch.Tensor | None:
             dx = torch.zeros_like(x) if need_x else None
             if kernels is not None:
                 kernels.segment_backward(dout, x, gates, w_gate_up, w_down, token, h_all,
-                                         bounds, experts, dx, dgates, dwgu, dwd)
+                                         bounds, experts, dx, dgates, dwgu, dwd,
+                                         *deferred.args(), ws_gate_up, ws_down, hs_all, dwsgu,
+                                         dwsd)
                 return dx
-            rows = max((bounds[e + 1] - bounds[e] for e in experts), default=0)
+            rows = max((bounds[e + 1] - bounds[e] for e in experts if e < n_exp), default=0)
             dy_buf, xs_buf, silu_buf, act_buf, tmp_buf, dact_buf = _workspace(
                 x, rows, d, d, f, f, f, f)
             dh_buf, dxs_buf = _workspace(x, rows, 2 * f, d)
             for e in experts:
+                if e == n_exp:
+                    _shared_backward(dout, x, ws_gate_up, ws_down, hs_all, dx, dwsgu, dwsd)
+                    continue
                 a, b = bounds[e], bounds[e + 1]
                 n, idx, w = b - a, token[a:b], gates[a:b, None]
                 g, u = h_all[a:b, :f], h_all[a:b, f:]
@@ -241,8 +320,23 @@ class _SegmentSwiGLU(torch.autograd.Function):
             return dx
 
         dxs = _expert_parallel(work, ctx.parts)
-        dx = _sum(dxs) if need_x else None
-        return dx, dgates, dwgu, dwd, None, None
+        dx = deferred.add_to(_sum(dxs), kernels) if need_x else None
+        return dx, dgates, dwgu, dwd, None, None, dwsgu, dwsd
+
+
+def _shared_backward(dout, x, ws_gate_up, ws_down, hs, dx, dwsgu, dwsd) -> None:
+    """The shared expert's part of :class:`_SegmentSwiGLU`'s backward (Python loop)."""
+    fs = ws_down.shape[1]
+    g, u = hs[:, :fs], hs[:, fs:]
+    silu = F.silu(g)
+    dact = torch.mm(dout, ws_down)
+    if dwsd is not None:
+        torch.mm(dout.t(), silu * u, out=dwsd)
+    dh = torch.cat([torch.ops.aten.silu_backward(dact * u, g), dact * silu], dim=1)
+    if dwsgu is not None:
+        torch.mm(dh.t(), x, out=dwsgu)
+    if dx is not None:
+        dx.add_(torch.mm(dh, ws_gate_up))
 
 
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -358,7 +452,15 @@ def _padded_path(x, expert_sorted, gates_sorted, token, counts, w_gate_up,
 _PADDED_MAX_WORK = 1 << 22  # T·K·D·F up to which padding beats the loop (docs/model.md)
 
 
-def _grouped(x, expert_idx, gates, w_gate_up, w_down) -> torch.Tensor:
+def _shared_ffn(x: torch.Tensor, shared: tuple | None) -> torch.Tensor | None:
+    """The shared expert ``FeedForward`` from its (gate_up, down) weights, or ``None``."""
+    if shared is None:
+        return None
+    return F.linear(swiglu(F.linear(x, shared[0])), shared[1])
+
+
+def _grouped(x, expert_idx, gates, w_gate_up, w_down, shared=None) -> torch.Tensor:
+    """Routed experts (+ the shared expert from its ``(gate_up, down)`` weights, if given)."""
     n_experts = w_gate_up.shape[0]
     top_k = expert_idx.shape[1]
     flat = expert_idx.reshape(-1)
@@ -366,38 +468,44 @@ def _grouped(x, expert_idx, gates, w_gate_up, w_down) -> torch.Tensor:
     token = order // top_k
     gates_sorted = gates.reshape(-1)[order].to(x.dtype)
     if grouped_mm_usable(x, w_gate_up):
-        return _grouped_mm_path(x, flat[order], gates_sorted, order, top_k, w_gate_up,
-                                 w_down)
+        out = _grouped_mm_path(x, flat[order], gates_sorted, order, top_k, w_gate_up, w_down)
+        return out if shared is None else out + _shared_ffn(x, shared)
     counts = torch.bincount(flat, minlength=n_experts + 1)[:n_experts]
     if (flat.numel() * x.shape[1] * w_down.shape[-1] <= _PADDED_MAX_WORK
             and _get_current_dispatch_mode() is None):  # FlopCounterMode: count real work
-        return _padded_path(x, flat[order], gates_sorted, token, counts, w_gate_up, w_down)
-    return _segments(x, gates_sorted, w_gate_up, w_down, token, counts)
+        out = _padded_path(x, flat[order], gates_sorted, token, counts, w_gate_up, w_down)
+        return out if shared is None else out + _shared_ffn(x, shared)
+    return _segments(x, gates_sorted, w_gate_up, w_down, token, counts, shared)
 
 
 @torch.compiler.disable  # host-side bounds and compiled loops: eager under torch.compile
-def _segments(x, gates_sorted, w_gate_up, w_down, token, counts) -> torch.Tensor:
+def _segments(x, gates_sorted, w_gate_up, w_down, token, counts, shared) -> torch.Tensor:
     bounds = [0, *torch.cumsum(counts, 0).tolist()]
-    return _SegmentSwiGLU.apply(x, gates_sorted, w_gate_up, w_down, token, bounds)
+    ws_gate_up, ws_down = shared if shared is not None else (None, None)
+    return _SegmentSwiGLU.apply(x, gates_sorted, w_gate_up, w_down, token, bounds, ws_gate_up,
+                                ws_down)
 
 
 def grouped_experts(
-    x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, experts
+    x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, experts, shared=None
 ) -> torch.Tensor:
     """Sorted/grouped back-end: one permutation, contiguous per-expert segments.
 
+    ``shared`` (a :class:`~moescale.model.ffn.FeedForward`, the shared experts) is added to
+    the output; the CPU segment loops run it as one more work item of their workers.
     Under ``torch.autocast`` the experts run in the autocast dtype (input, gates and
     weights cast, as autocast does for ``nn.Linear``), so bf16 autocast on CUDA takes the
     ``grouped_mm`` path; the output is in that dtype.
     """
     w_gate_up, w_down = experts.w_gate_up, experts.w_down
+    ws = None if shared is None else (shared.gate_up.weight, shared.down.weight)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
             return _grouped(x.to(dtype), expert_idx, gates.to(dtype), w_gate_up.to(dtype),
-                            w_down.to(dtype))
-    return _grouped(x, expert_idx, gates, w_gate_up, w_down)
+                            w_down.to(dtype), ws and tuple(w.to(dtype) for w in ws))
+    return _grouped(x, expert_idx, gates, w_gate_up, w_down, ws)
 
 
 _BACKENDS: dict[str, Callable] = {"loop": loop_experts, "grouped": grouped_experts}

@@ -56,7 +56,7 @@ void scatter_add_rows(T* dst, const int64_t* idx, int64_t n, int64_t d, const T*
 // Backward of act = silu(g) * u * w for n rows of h = [g | u] (width 2f), s = sigmoid(g),
 // dact = d(act)/w (the gradient before the gate weight w): one pass per row writes
 // dh = [dact*w*u*silu'(g) | dact*w*silu(g)] with silu'(g) = s(1 + g(1 - s)), and
-// dw = <dact, silu(g) * u> where dw is not null.
+// dw = <dact, silu(g) * u> where dw is not null. A null w is a weight of 1.
 template <typename T>
 void swiglu_gate_backward(const T* h, const T* s, const T* dact, const T* w, int64_t n,
                           int64_t f, T* dh, T* dw) {
@@ -64,7 +64,7 @@ void swiglu_gate_backward(const T* h, const T* s, const T* dact, const T* w, int
     const T *gr = h + r * 2 * f, *ur = gr + f, *sr = s + r * f, *dr = dact + r * f;
     T* dhg = dh + r * 2 * f;
     T* dhu = dhg + f;
-    const T wr = w[r];
+    const T wr = w ? w[r] : T(1);
     T acc = 0;
 #pragma omp simd reduction(+ : acc)
     for (int64_t j = 0; j < f; ++j) {
@@ -78,115 +78,284 @@ void swiglu_gate_backward(const T* h, const T* s, const T* dact, const T* w, int
   }
 }
 
-int64_t max_rows(const std::vector<int64_t>& bounds, const std::vector<int64_t>& experts) {
-  int64_t rows = 0;
-  for (int64_t e : experts) rows = std::max(rows, bounds[e + 1] - bounds[e]);
-  return rows;
+// Rows per chunk of a segment: the gathered rows of a chunk take at most kChunkBytes, so
+// that a chunk's operands stay in a core's L2 cache between the gather, the GEMMs and the
+// scatter-add (measured: 1-2% faster than whole ~1000-row segments at D 512, fp32).
+constexpr int64_t kChunkBytes = 1 << 20;
+
+int64_t chunk_rows(int64_t d, int64_t element_size) {
+  return std::max<int64_t>(64, kChunkBytes / (d * element_size));
+}
+
+// Calls fn(start, rows) for the equal chunks (at most `chunk` rows each) of [begin, end).
+template <typename Fn>
+void for_chunks(int64_t begin, int64_t end, int64_t chunk, const Fn& fn) {
+  const int64_t n = end - begin, parts = (n + chunk - 1) / chunk;
+  for (int64_t c = 0; c < parts; ++c) {
+    const int64_t a = begin + n * c / parts;
+    fn(a, begin + n * (c + 1) / parts - a);
+  }
+}
+
+// The experts one worker runs: its own `experts` (a static part), then experts of the shared
+// `tail` claimed one at a time through the atomic `counter` by whichever worker is free
+// first. A tail expert writes its rows (forward output, input gradient) to its own rows of
+// `tail_rows` from `tail_offsets` instead of scatter-adding them, so the results do not
+// depend on which worker ran it; the caller adds `tail_rows` in a fixed order afterwards.
+struct Schedule {
+  const std::vector<int64_t>& experts;
+  const std::vector<int64_t>& tail;
+  const std::vector<int64_t>& tail_offsets;
+  int64_t* counter;  // null: no tail
+  int64_t tokens;    // T: the rows of the shared expert (index E)
+
+  // Calls fn(expert, deferred row offset or -1) for each expert this worker runs.
+  template <typename Fn>
+  void run(const Fn& fn) const {
+    for (int64_t e : experts) fn(e, int64_t{-1});
+    if (counter == nullptr) return;
+    const int64_t n = static_cast<int64_t>(tail.size());
+    for (int64_t i = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); i < n;
+         i = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED)) {
+      fn(tail[i], tail_offsets[i]);
+    }
+  }
+
+  int64_t max_rows(const std::vector<int64_t>& bounds, int64_t chunk) const {
+    int64_t rows = 0;
+    const int64_t shared = static_cast<int64_t>(bounds.size()) - 1;
+    for (const auto* list : {&experts, &tail}) {
+      for (int64_t e : *list) {
+        rows = std::max(rows, e == shared ? tokens : bounds[e + 1] - bounds[e]);
+      }
+    }
+    return std::min(rows, chunk);
+  }
+};
+
+int64_t* counter_ptr(const std::optional<at::Tensor>& counter) {
+  return counter ? counter->data_ptr<int64_t>() : nullptr;
+}
+
+// One expert's operands in a pass. A routed expert e < E reads its rows of x through
+// `token` (gathered) and weights its output by `gates`; the shared expert (index E, present
+// when its weights are given) reads all T rows of x in place, weight 1, and accumulates its
+// output straight into the worker's rows with the GEMM (beta = 1): no gather, no scatter.
+struct Expert {
+  bool shared;
+  int64_t begin, end, f;   // rows [begin, end) of the sorted assignments (shared: of x)
+  at::Tensor w_gate_up;    // [2f, D]
+  at::Tensor w_down;       // [D, f]
+  at::Tensor h;            // [rows, 2f] pre-activations saved for backward
+};
+
+Expert expert_at(int64_t e, const std::vector<int64_t>& bounds, const at::Tensor& x,
+                 const at::Tensor& w_gate_up, const at::Tensor& w_down, const at::Tensor& h_all,
+                 const std::optional<at::Tensor>& shared_gate_up,
+                 const std::optional<at::Tensor>& shared_down,
+                 const std::optional<at::Tensor>& shared_h) {
+  if (e == static_cast<int64_t>(bounds.size()) - 1) {
+    TORCH_CHECK(shared_gate_up && shared_down && shared_h, "shared expert without weights");
+    return {true, 0, x.size(0), shared_down->size(1), *shared_gate_up, *shared_down, *shared_h};
+  }
+  return {false, bounds[e], bounds[e + 1], w_down.size(2), w_gate_up[e], w_down[e], h_all};
+}
+
+// A [n, w] contiguous view at the start of a flat scratch buffer.
+at::Tensor scratch(const at::Tensor& flat, int64_t n, int64_t w) {
+  return flat.narrow(0, 0, n * w).view({n, w});
+}
+
+int64_t widest(const at::Tensor& w_down, const std::optional<at::Tensor>& shared_down) {
+  return std::max(w_down.size(2), shared_down ? shared_down->size(1) : int64_t{0});
 }
 
 }  // namespace
 
 // out[token] += gate * (silu(xs W_g^T) * xs W_u^T) W_d^T over the given experts' segments,
-// xs = x[token]; h_all[segment] gets the gate/up pre-activations (saved for backward).
+// xs = x[token]; h_all[segment] gets the gate/up pre-activations (saved for backward), and
+// shared_h those of the shared expert (Expert). Each segment runs in chunks (chunk_rows).
 void segment_forward(const at::Tensor& x, const at::Tensor& gates, const at::Tensor& w_gate_up,
                      const at::Tensor& w_down, const at::Tensor& token,
                      const std::vector<int64_t>& bounds, const std::vector<int64_t>& experts,
-                     at::Tensor& h_all, at::Tensor& out) {
+                     at::Tensor& h_all, at::Tensor& out, const std::vector<int64_t>& tail,
+                     const std::vector<int64_t>& tail_offsets,
+                     std::optional<at::Tensor> tail_rows, std::optional<at::Tensor> counter,
+                     std::optional<at::Tensor> shared_gate_up,
+                     std::optional<at::Tensor> shared_down, std::optional<at::Tensor> shared_h) {
   at::NoGradGuard no_grad;
-  const int64_t d = x.size(1), f = w_down.size(2), rows = max_rows(bounds, experts);
+  const Schedule schedule{experts, tail, tail_offsets, counter_ptr(counter), x.size(0)};
+  const int64_t d = x.size(1), fw = widest(w_down, shared_down);
+  const int64_t chunk = chunk_rows(d, x.element_size()), rows = schedule.max_rows(bounds, chunk);
   auto xs_buf = at::empty({rows, d}, x.options());
   auto y_buf = at::empty({rows, d}, x.options());
-  auto act_buf = at::empty({rows, f}, x.options());
+  auto act_buf = at::empty({rows * fw}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "segment_forward", [&] {
     const int64_t* tok = token.data_ptr<int64_t>();
     const scalar_t* gp = gates.data_ptr<scalar_t>();
-    for (int64_t e : experts) {
-      const int64_t a = bounds[e], n = bounds[e + 1] - a;
-      if (n == 0) continue;
-      gather_rows(x.data_ptr<scalar_t>(), tok + a, n, d, xs_buf.data_ptr<scalar_t>());
-      auto h = h_all.narrow(0, a, n);
-      at::mm_out(h, xs_buf.narrow(0, 0, n), w_gate_up[e].t());
-      auto act = act_buf.narrow(0, 0, n);
-      at::silu_out(act, h.narrow(1, 0, f));
-      scalar_t* ap = act.data_ptr<scalar_t>();
-      const scalar_t* hp = h.data_ptr<scalar_t>();
-      for (int64_t r = 0; r < n; ++r) {  // act = silu(gate) * up * gate weight
-        const scalar_t w = gp[a + r];
-        const scalar_t* u = hp + r * 2 * f + f;
-        scalar_t* o = ap + r * f;
-        for (int64_t j = 0; j < f; ++j) o[j] = o[j] * u[j] * w;
-      }
-      auto y = y_buf.narrow(0, 0, n);
-      at::mm_out(y, act, w_down[e].t());
-      scatter_add_rows(out.data_ptr<scalar_t>(), tok + a, n, d, y.data_ptr<scalar_t>());
-    }
+    schedule.run([&](int64_t e, int64_t deferred) {
+      const Expert ex = expert_at(e, bounds, x, w_gate_up, w_down, h_all, shared_gate_up,
+                                  shared_down, shared_h);
+      const int64_t f = ex.f;
+      const auto w_gu_t = ex.w_gate_up.t(), w_d_t = ex.w_down.t();
+      for_chunks(ex.begin, ex.end, chunk, [&](int64_t a, int64_t n) {
+        at::Tensor xs;
+        if (ex.shared) {
+          xs = x.narrow(0, a, n);
+        } else {
+          gather_rows(x.data_ptr<scalar_t>(), tok + a, n, d, xs_buf.data_ptr<scalar_t>());
+          xs = xs_buf.narrow(0, 0, n);
+        }
+        auto h = ex.h.narrow(0, a, n);
+        at::mm_out(h, xs, w_gu_t);
+        auto act = scratch(act_buf, n, f);
+        at::silu_out(act, h.narrow(1, 0, f));
+        scalar_t* ap = act.data_ptr<scalar_t>();
+        const scalar_t* hp = h.data_ptr<scalar_t>();
+        for (int64_t r = 0; r < n; ++r) {  // act = silu(gate) * up * gate weight
+          const scalar_t w = ex.shared ? scalar_t(1) : gp[a + r];
+          const scalar_t* u = hp + r * 2 * f + f;
+          scalar_t* o = ap + r * f;
+          for (int64_t j = 0; j < f; ++j) o[j] = o[j] * u[j] * w;
+        }
+        if (ex.shared) {  // out[a:a+n] += act W_d^T
+          out.narrow(0, a, n).addmm_(act, w_d_t);
+        } else if (deferred >= 0) {  // a tail expert: its rows of tail_rows, added later
+          auto y = tail_rows->narrow(0, deferred + a - ex.begin, n);
+          at::mm_out(y, act, w_d_t);
+        } else {
+          auto y = y_buf.narrow(0, 0, n);
+          at::mm_out(y, act, w_d_t);
+          scatter_add_rows(out.data_ptr<scalar_t>(), tok + a, n, d, y.data_ptr<scalar_t>());
+        }
+      });
+    });
   });
 }
 
 // Backward of segment_forward over the given experts. dx is accumulated into (scatter-add);
-// dgates, dw_gate_up, dw_down are written at the experts' own rows. Outputs passed as None
-// are not computed.
+// dgates, dw_gate_up, dw_down (and the shared expert's weight gradients) are written at the
+// experts' own rows, weight gradients summed over the chunks in a fixed order. Outputs passed
+// as None are not computed.
 void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& gates,
                       const at::Tensor& w_gate_up, const at::Tensor& w_down,
                       const at::Tensor& token, const at::Tensor& h_all,
                       const std::vector<int64_t>& bounds, const std::vector<int64_t>& experts,
                       std::optional<at::Tensor> dx, std::optional<at::Tensor> dgates,
-                      std::optional<at::Tensor> dw_gate_up, std::optional<at::Tensor> dw_down) {
+                      std::optional<at::Tensor> dw_gate_up, std::optional<at::Tensor> dw_down,
+                      const std::vector<int64_t>& tail, const std::vector<int64_t>& tail_offsets,
+                      std::optional<at::Tensor> tail_rows, std::optional<at::Tensor> counter,
+                      std::optional<at::Tensor> shared_gate_up,
+                      std::optional<at::Tensor> shared_down, std::optional<at::Tensor> shared_h,
+                      std::optional<at::Tensor> dshared_gate_up,
+                      std::optional<at::Tensor> dshared_down) {
   at::NoGradGuard no_grad;
-  const int64_t d = x.size(1), f = w_down.size(2), rows = max_rows(bounds, experts);
+  const Schedule schedule{experts, tail, tail_offsets, counter_ptr(counter), x.size(0)};
+  const int64_t d = x.size(1), fw = widest(w_down, shared_down);
+  const int64_t chunk = chunk_rows(d, x.element_size()), rows = schedule.max_rows(bounds, chunk);
   const auto opt = x.options();
   auto dy_buf = at::empty({rows, d}, opt), xs_buf = at::empty({rows, d}, opt);
   auto dxs_buf = at::empty({rows, d}, opt);
-  auto sig_buf = at::empty({rows, f}, opt), aw_buf = at::empty({rows, f}, opt);
-  auto dact_buf = at::empty({rows, f}, opt), dh_buf = at::empty({rows, 2 * f}, opt);
-  auto dwd_t = at::empty({f, d}, opt);
+  auto sig_buf = at::empty({rows * fw}, opt), aw_buf = at::empty({rows * fw}, opt);
+  auto dact_buf = at::empty({rows * fw}, opt), dh_buf = at::empty({rows * 2 * fw}, opt);
+  auto dwd_buf = at::empty({fw * d}, opt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "segment_backward", [&] {
     const int64_t* tok = token.data_ptr<int64_t>();
     const scalar_t* gp = gates.data_ptr<scalar_t>();
-    for (int64_t e : experts) {
-      const int64_t a = bounds[e], n = bounds[e + 1] - a;
-      if (n == 0) continue;
-      auto h = h_all.narrow(0, a, n);
-      const scalar_t* hp = h.data_ptr<scalar_t>();
-      auto sig = sig_buf.narrow(0, 0, n);
-      at::sigmoid_out(sig, h.narrow(1, 0, f));
-      const scalar_t* sp = sig.data_ptr<scalar_t>();
-      gather_rows(dout.data_ptr<scalar_t>(), tok + a, n, d, dy_buf.data_ptr<scalar_t>());
-      auto dy = dy_buf.narrow(0, 0, n);
-      if (dw_down) {  // dW_d = dy^T (act * gate weight)
-        scalar_t* awp = aw_buf.data_ptr<scalar_t>();
-        for (int64_t r = 0; r < n; ++r) {
-          const scalar_t w = gp[a + r];
-          const scalar_t *gr = hp + r * 2 * f, *ur = gr + f, *sr = sp + r * f;
-          scalar_t* o = awp + r * f;
-          for (int64_t j = 0; j < f; ++j) o[j] = gr[j] * sr[j] * ur[j] * w;
+    schedule.run([&](int64_t e, int64_t deferred) {
+      const Expert ex = expert_at(e, bounds, x, w_gate_up, w_down, h_all, shared_gate_up,
+                                  shared_down, shared_h);
+      if (ex.end == ex.begin) return;
+      const int64_t f = ex.f;
+      std::optional<at::Tensor> dwgu, dwd;
+      if (ex.shared) {
+        dwgu = dshared_gate_up;
+        dwd = dshared_down;
+      } else {
+        if (dw_gate_up) dwgu = (*dw_gate_up)[e];
+        if (dw_down) dwd = (*dw_down)[e];
+      }
+      auto dwd_t = scratch(dwd_buf, f, d);
+      for_chunks(ex.begin, ex.end, chunk, [&](int64_t a, int64_t n) {
+        const bool first = a == ex.begin;  // the first chunk writes, the others accumulate
+        const scalar_t* w = ex.shared ? nullptr : gp + a;  // gate weights (shared: 1)
+        auto h = ex.h.narrow(0, a, n);
+        const scalar_t* hp = h.data_ptr<scalar_t>();
+        auto sig = scratch(sig_buf, n, f);
+        at::sigmoid_out(sig, h.narrow(1, 0, f));
+        const scalar_t* sp = sig.data_ptr<scalar_t>();
+        at::Tensor dy;
+        if (ex.shared) {
+          dy = dout.narrow(0, a, n);
+        } else {
+          gather_rows(dout.data_ptr<scalar_t>(), tok + a, n, d, dy_buf.data_ptr<scalar_t>());
+          dy = dy_buf.narrow(0, 0, n);
         }
-        // As (aw^T dy)^T: MKL runs this [F, n] x [n, D] product ~9% faster than dy^T aw
-        // (measured at n 1024, D 512, F 128), the transposed copy costs ~1%.
-        at::mm_out(dwd_t, aw_buf.narrow(0, 0, n).t(), dy);
-        (*dw_down)[e].copy_(dwd_t.t());
-      }
-      auto dact = dact_buf.narrow(0, 0, n);
-      at::mm_out(dact, dy, w_down[e]);  // d(act) before the gate weight
-      swiglu_gate_backward(hp, sp, dact.data_ptr<scalar_t>(), gp + a, n, f,
-                           dh_buf.data_ptr<scalar_t>(),
-                           dgates ? dgates->data_ptr<scalar_t>() + a : nullptr);
-      auto dh = dh_buf.narrow(0, 0, n);
-      if (dw_gate_up) {  // dW_gu = dh^T xs
-        gather_rows(x.data_ptr<scalar_t>(), tok + a, n, d, xs_buf.data_ptr<scalar_t>());
-        auto dwgu = (*dw_gate_up)[e];
-        at::mm_out(dwgu, dh.t(), xs_buf.narrow(0, 0, n));
-      }
-      if (dx) {  // dx[token] += dh W_gu
-        auto dxs = dxs_buf.narrow(0, 0, n);
-        at::mm_out(dxs, dh, w_gate_up[e]);
-        scatter_add_rows(dx->data_ptr<scalar_t>(), tok + a, n, d, dxs.data_ptr<scalar_t>());
-      }
-    }
+        if (dwd) {  // dW_d = dy^T (act * gate weight)
+          auto aw = scratch(aw_buf, n, f);
+          scalar_t* awp = aw.data_ptr<scalar_t>();
+          for (int64_t r = 0; r < n; ++r) {
+            const scalar_t wr = w ? w[r] : scalar_t(1);
+            const scalar_t *gr = hp + r * 2 * f, *ur = gr + f, *sr = sp + r * f;
+            scalar_t* o = awp + r * f;
+            for (int64_t j = 0; j < f; ++j) o[j] = gr[j] * sr[j] * ur[j] * wr;
+          }
+          // As (aw^T dy)^T: MKL runs this [F, n] x [n, D] product ~9% faster than dy^T aw
+          // (measured at n 1024, D 512, F 128), the transposed copy costs ~1%.
+          if (first) {
+            at::mm_out(dwd_t, aw.t(), dy);
+          } else {
+            dwd_t.addmm_(aw.t(), dy);
+          }
+        }
+        auto dact = scratch(dact_buf, n, f);
+        at::mm_out(dact, dy, ex.w_down);  // d(act) before the gate weight
+        auto dh = scratch(dh_buf, n, 2 * f);
+        swiglu_gate_backward(hp, sp, dact.data_ptr<scalar_t>(), w, n, f,
+                             dh.data_ptr<scalar_t>(),
+                             (dgates && !ex.shared) ? dgates->data_ptr<scalar_t>() + a : nullptr);
+        if (dwgu) {  // dW_gu = dh^T xs
+          at::Tensor xs;
+          if (ex.shared) {
+            xs = x.narrow(0, a, n);
+          } else {
+            gather_rows(x.data_ptr<scalar_t>(), tok + a, n, d, xs_buf.data_ptr<scalar_t>());
+            xs = xs_buf.narrow(0, 0, n);
+          }
+          if (first) {
+            at::mm_out(*dwgu, dh.t(), xs);
+          } else {
+            dwgu->addmm_(dh.t(), xs);
+          }
+        }
+        if (!dx) return;
+        if (ex.shared) {  // dx[a:a+n] += dh W_gu
+          dx->narrow(0, a, n).addmm_(dh, ex.w_gate_up);
+        } else if (deferred >= 0) {  // a tail expert: its rows of tail_rows
+          auto dxs = tail_rows->narrow(0, deferred + a - ex.begin, n);
+          at::mm_out(dxs, dh, ex.w_gate_up);
+        } else {  // dx[token] += dh W_gu
+          auto dxs = dxs_buf.narrow(0, 0, n);
+          at::mm_out(dxs, dh, ex.w_gate_up);
+          scatter_add_rows(dx->data_ptr<scalar_t>(), tok + a, n, d, dxs.data_ptr<scalar_t>());
+        }
+      });
+      if (dwd) dwd->copy_(dwd_t.t());
+    });
+  });
+}
+
+// out[index[r]] += rows[r] for r in order: the tail experts' rows, added after the workers
+// in a fixed order (deterministic whatever worker computed them).
+void scatter_add(at::Tensor& out, const at::Tensor& index, const at::Tensor& rows) {
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "scatter_add", [&] {
+    scatter_add_rows(out.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), rows.size(0),
+                     out.size(1), rows.data_ptr<scalar_t>());
   });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("segment_forward", &segment_forward, py::call_guard<py::gil_scoped_release>());
   m.def("segment_backward", &segment_backward, py::call_guard<py::gil_scoped_release>());
+  m.def("scatter_add", &scatter_add, py::call_guard<py::gil_scoped_release>());
 }
