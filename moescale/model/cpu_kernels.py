@@ -86,7 +86,8 @@ def cpu_kernels() -> ModuleType | None:
 def _build() -> ModuleType | None:
     from torch.utils.cpp_extension import load
 
-    flags = ["-O3", "-fopenmp-simd", *(["-march=native"] if _native() else [])]
+    flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math",
+             *(["-march=native"] if _native() else [])]
     name = _build_name(flags)
     _log.info("loading moescale's CPU expert kernels %s (a first build takes ~30 s)", name)
     path = os.environ.get("PATH")

@@ -13,6 +13,8 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -50,6 +52,57 @@ void scatter_add_rows(T* dst, const int64_t* idx, int64_t n, int64_t d, const T*
     T* o = dst + idx[r] * d;
     const T* s = src + r * d;
     for (int64_t j = 0; j < d; ++j) o[j] += s[j];
+  }
+}
+
+// exp(x), branch-free so that `omp simd` loops vectorise it: x = n ln2 + r with |r| <= ln2/2,
+// exp(r) by Cephes' degree-7 polynomial (relative error ~1e-7, as ATen's float exp), 2^n
+// from the exponent bits. x is clamped to [-87.3, 88.3], where 2^n stays a normal float.
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double fast_exp(double x) { return std::exp(x); }  // float64: the library's exp
+
+template <typename T>
+inline T sigmoid(T g) {
+  return T(1) / (T(1) + fast_exp(-g));
+}
+
+// act = silu(g) * u * w for n rows of h = [g | u] (width 2f) and gate weights w (null: 1),
+// one pass per row; s = sigmoid(g) is also written where s is not null (for backward).
+template <typename T>
+void swiglu_gate(const T* h, const T* w, int64_t n, int64_t f, T* s, T* act) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T *gr = h + r * 2 * f, *ur = gr + f;
+    const T wr = w ? w[r] : T(1);
+    T* ar = act + r * f;
+    if (s) {
+      T* sr = s + r * f;
+#pragma omp simd
+      for (int64_t j = 0; j < f; ++j) {
+        const T sj = sigmoid(gr[j]);
+        sr[j] = sj;
+        ar[j] = gr[j] * sj * ur[j] * wr;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < f; ++j) ar[j] = gr[j] * sigmoid(gr[j]) * ur[j] * wr;
+    }
   }
 }
 
@@ -209,15 +262,8 @@ void segment_forward(const at::Tensor& x, const at::Tensor& gates, const at::Ten
         auto h = ex.h.narrow(0, a, n);
         at::mm_out(h, xs, w_gu_t);
         auto act = scratch(act_buf, n, f);
-        at::silu_out(act, h.narrow(1, 0, f));
-        scalar_t* ap = act.data_ptr<scalar_t>();
-        const scalar_t* hp = h.data_ptr<scalar_t>();
-        for (int64_t r = 0; r < n; ++r) {  // act = silu(gate) * up * gate weight
-          const scalar_t w = ex.shared ? scalar_t(1) : gp[a + r];
-          const scalar_t* u = hp + r * 2 * f + f;
-          scalar_t* o = ap + r * f;
-          for (int64_t j = 0; j < f; ++j) o[j] = o[j] * u[j] * w;
-        }
+        swiglu_gate<scalar_t>(h.data_ptr<scalar_t>(), ex.shared ? nullptr : gp + a, n, f, nullptr,
+                    act.data_ptr<scalar_t>());
         if (ex.shared) {  // out[a:a+n] += act W_d^T
           out.narrow(0, a, n).addmm_(act, w_d_t);
         } else if (deferred >= 0) {  // a tail expert: its rows of tail_rows, added later
@@ -282,8 +328,7 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
         auto h = ex.h.narrow(0, a, n);
         const scalar_t* hp = h.data_ptr<scalar_t>();
         auto sig = scratch(sig_buf, n, f);
-        at::sigmoid_out(sig, h.narrow(1, 0, f));
-        const scalar_t* sp = sig.data_ptr<scalar_t>();
+        scalar_t* sp = sig.data_ptr<scalar_t>();
         at::Tensor dy;
         if (ex.shared) {
           dy = dout.narrow(0, a, n);
@@ -291,15 +336,9 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
           gather_rows(dout.data_ptr<scalar_t>(), tok + a, n, d, dy_buf.data_ptr<scalar_t>());
           dy = dy_buf.narrow(0, 0, n);
         }
+        auto aw = scratch(aw_buf, n, f);  // act * gate weight, and s = sigmoid(gate)
+        swiglu_gate(hp, w, n, f, sp, aw.data_ptr<scalar_t>());
         if (dwd) {  // dW_d = dy^T (act * gate weight)
-          auto aw = scratch(aw_buf, n, f);
-          scalar_t* awp = aw.data_ptr<scalar_t>();
-          for (int64_t r = 0; r < n; ++r) {
-            const scalar_t wr = w ? w[r] : scalar_t(1);
-            const scalar_t *gr = hp + r * 2 * f, *ur = gr + f, *sr = sp + r * f;
-            scalar_t* o = awp + r * f;
-            for (int64_t j = 0; j < f; ++j) o[j] = gr[j] * sr[j] * ur[j] * wr;
-          }
           // As (aw^T dy)^T: MKL runs this [F, n] x [n, D] product ~9% faster than dy^T aw
           // (measured at n 1024, D 512, F 128), the transposed copy costs ~1%.
           if (first) {
