@@ -222,15 +222,18 @@ class _SegmentSwiGLU(torch.autograd.Function):
             parts, tail = _schedule(sizes, threads, n_exp)
         else:
             parts, tail = _partition(sizes, threads), []
+        parts = [sorted(p, key=lambda e: e != n_exp) for p in parts]  # the shared one first
         deferred = _Deferred(x, token, bounds, tail)
 
         def work(experts: list[int]) -> torch.Tensor:
-            out = torch.zeros_like(x)
-            if kernels is not None:
+            if kernels is not None:  # a worker starting with the shared expert: no zeroing
+                empty = experts[:1] == [n_exp]
+                out = torch.empty_like(x) if empty else torch.zeros_like(x)
                 kernels.segment_forward(x, gates, w_gate_up, w_down, token, bounds, experts,
                                         h_all, out, *deferred.args(), ws_gate_up, ws_down,
-                                        hs_all)
+                                        hs_all, empty)
                 return out
+            out = torch.zeros_like(x)
             rows = max((bounds[e + 1] - bounds[e] for e in experts if e < n_exp), default=0)
             xs_buf, y_buf, act_buf = _workspace(x, rows, d, d, f)
             for e in experts:
@@ -279,13 +282,15 @@ class _SegmentSwiGLU(torch.autograd.Function):
         deferred = _Deferred(x, token, bounds, ctx.tail, rows=need_x)
 
         def work(experts: list[int]) -> torch.Tensor | None:
-            dx = torch.zeros_like(x) if need_x else None
             if kernels is not None:
+                empty = experts[:1] == [n_exp]
+                dx = None if not need_x else torch.empty_like(x) if empty else torch.zeros_like(x)
                 kernels.segment_backward(dout, x, gates, w_gate_up, w_down, token, h_all,
                                          bounds, experts, dx, dgates, dwgu, dwd,
                                          *deferred.args(), ws_gate_up, ws_down, hs_all, dwsgu,
-                                         dwsd)
+                                         dwsd, empty)
                 return dx
+            dx = torch.zeros_like(x) if need_x else None
             rows = max((bounds[e + 1] - bounds[e] for e in experts if e < n_exp), default=0)
             dy_buf, xs_buf, silu_buf, act_buf, tmp_buf, dact_buf = _workspace(
                 x, rows, d, d, f, f, f, f)

@@ -131,6 +131,21 @@ void swiglu_gate_backward(const T* h, const T* s, const T* dact, const T* w, int
   }
 }
 
+// dst [cols, rows] = src [rows, cols]^T, both contiguous, in 32 x 32 tiles (ATen's copy of a
+// transposed view walks one side with a large stride: ~10x slower at 128 x 512).
+template <typename T>
+void transpose(const T* src, int64_t rows, int64_t cols, T* dst) {
+  constexpr int64_t kTile = 32;
+  for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
+      const int64_t i1 = std::min(rows, i0 + kTile), j1 = std::min(cols, j0 + kTile);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+      }
+    }
+  }
+}
+
 // Rows per chunk of a segment: the gathered rows of a chunk take at most kChunkBytes, so
 // that a chunk's operands stay in a core's L2 cache between the gather, the GEMMs and the
 // scatter-add (measured: 1-2% faster than whole ~1000-row segments at D 512, fp32).
@@ -235,7 +250,8 @@ void segment_forward(const at::Tensor& x, const at::Tensor& gates, const at::Ten
                      const std::vector<int64_t>& tail_offsets,
                      std::optional<at::Tensor> tail_rows, std::optional<at::Tensor> counter,
                      std::optional<at::Tensor> shared_gate_up,
-                     std::optional<at::Tensor> shared_down, std::optional<at::Tensor> shared_h) {
+                     std::optional<at::Tensor> shared_down, std::optional<at::Tensor> shared_h,
+                     bool out_empty) {
   at::NoGradGuard no_grad;
   const Schedule schedule{experts, tail, tail_offsets, counter_ptr(counter), x.size(0)};
   const int64_t d = x.size(1), fw = widest(w_down, shared_down);
@@ -264,7 +280,10 @@ void segment_forward(const at::Tensor& x, const at::Tensor& gates, const at::Ten
         auto act = scratch(act_buf, n, f);
         swiglu_gate<scalar_t>(h.data_ptr<scalar_t>(), ex.shared ? nullptr : gp + a, n, f, nullptr,
                     act.data_ptr<scalar_t>());
-        if (ex.shared) {  // out[a:a+n] += act W_d^T
+        if (ex.shared && out_empty) {  // the worker's first expert: out[a:a+n] = act W_d^T
+          auto o = out.narrow(0, a, n);
+          at::mm_out(o, act, w_d_t);
+        } else if (ex.shared) {  // out[a:a+n] += act W_d^T
           out.narrow(0, a, n).addmm_(act, w_d_t);
         } else if (deferred >= 0) {  // a tail expert: its rows of tail_rows, added later
           auto y = tail_rows->narrow(0, deferred + a - ex.begin, n);
@@ -294,7 +313,7 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
                       std::optional<at::Tensor> shared_gate_up,
                       std::optional<at::Tensor> shared_down, std::optional<at::Tensor> shared_h,
                       std::optional<at::Tensor> dshared_gate_up,
-                      std::optional<at::Tensor> dshared_down) {
+                      std::optional<at::Tensor> dshared_down, bool dx_empty) {
   at::NoGradGuard no_grad;
   const Schedule schedule{experts, tail, tail_offsets, counter_ptr(counter), x.size(0)};
   const int64_t d = x.size(1), fw = widest(w_down, shared_down);
@@ -368,7 +387,10 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
           }
         }
         if (!dx) return;
-        if (ex.shared) {  // dx[a:a+n] += dh W_gu
+        if (ex.shared && dx_empty) {  // the worker's first expert: dx[a:a+n] = dh W_gu
+          auto dxs = dx->narrow(0, a, n);
+          at::mm_out(dxs, dh, ex.w_gate_up);
+        } else if (ex.shared) {  // dx[a:a+n] += dh W_gu
           dx->narrow(0, a, n).addmm_(dh, ex.w_gate_up);
         } else if (deferred >= 0) {  // a tail expert: its rows of tail_rows
           auto dxs = tail_rows->narrow(0, deferred + a - ex.begin, n);
@@ -379,7 +401,7 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
           scatter_add_rows(dx->data_ptr<scalar_t>(), tok + a, n, d, dxs.data_ptr<scalar_t>());
         }
       });
-      if (dwd) dwd->copy_(dwd_t.t());
+      if (dwd) transpose(dwd_t.data_ptr<scalar_t>(), f, d, dwd->data_ptr<scalar_t>());
     });
   });
 }
