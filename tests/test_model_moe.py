@@ -221,6 +221,29 @@ def test_capacity_drops_beyond_capacity_first_choices_first():
     assert 0 < float(stats["dropped_fraction"]) < 1
 
 
+@pytest.mark.parametrize("router", ["softmax_topk", "sigmoid_topk"])
+def test_router_slots_are_choices_in_order_so_capacity_keeps_first_choices(router):
+    """Slot k holds each token's (k+1)-th choice. At E 64, K 8 an unsorted CPU ``topk``
+    returns the choices in heap order, and the capacity limit (all first choices before any
+    second choice) then dropped tokens' first choices while keeping their eighth."""
+    torch.manual_seed(0)
+    layer = MoELayer(d_model=D, n_experts=64, top_k=8, d_expert=8,
+                     cfg=MoEConfig(router=router, capacity_factor=1.0))
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(256, D, generator=torch.Generator().manual_seed(1))
+    routing = layer.router(x)
+    scores = (torch.softmax if router == "softmax_topk" else lambda z, dim: torch.sigmoid(z))(
+        layer.router.linear(x).float(), dim=-1)
+    chosen = scores.gather(1, routing.expert_idx)
+    assert bool((chosen[:, :-1] >= chosen[:, 1:]).all())  # best first
+    kept = apply_capacity(routing.expert_idx, 64, layer.capacity(256))
+    first = torch.bincount(routing.expert_idx[:, 0], minlength=64)
+    assert int(first.max()) <= layer.capacity(256)  # room for every first choice ...
+    assert bool((kept[:, 0] < 64).all())  # ... so none is dropped
+    assert bool((kept == 64).any())  # while later choices are
+
+
 def test_bf16_forward_backward_runs():
     layer = _layer("grouped").to(torch.bfloat16)
     x = torch.randn(30, D, dtype=torch.bfloat16, requires_grad=True)

@@ -42,7 +42,7 @@ class Routing:
     Attributes
     ----------
     expert_idx : LongTensor [T, K]
-        Chosen experts per token.
+        Chosen experts per token, best first (slot k is the token's (k+1)-th choice).
     gates : Tensor [T, K]
         Gate weight of each choice (fp32, differentiable w.r.t. the router).
     aux_loss : Tensor []
@@ -133,7 +133,9 @@ class Router(nn.Module):
         else:
             scores = torch.softmax(logits, dim=-1)
         select = scores if self.score_bias is None else scores + self.score_bias.float()
-        expert_idx = torch.topk(select.detach(), self.top_k, dim=-1, sorted=False).indices
+        # Sorted: slot 0 is each token's first choice, the capacity limit's priority order
+        # (moe.apply_capacity). Unsorted, CPU topk returns E=64, K=8 choices in heap order.
+        expert_idx = torch.topk(select.detach(), self.top_k, dim=-1, sorted=True).indices
         gates = scores.gather(1, expert_idx)
         if cfg.router == "sigmoid_topk":
             gates = gates / (gates.sum(dim=-1, keepdim=True) + 1e-20)
