@@ -273,7 +273,8 @@ def test_moe_config_from_dict_rejects_unknown_keys():
 
 @pytest.mark.skipif(not hasattr(torch.nn.functional, "grouped_mm"), reason="no grouped_mm")
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])
-def test_grouped_mm_path_logic_on_cpu(monkeypatch, capacity_factor):
+@pytest.mark.parametrize("shared_gate", [True, False])
+def test_grouped_mm_path_logic_on_cpu(monkeypatch, capacity_factor, shared_gate):
     """The CUDA path's gather/offsets/masks/scatter, run through CPU ``grouped_mm``. Rows
     past ``offs[-1]``, which the kernel leaves unwritten in both passes, are filled with NaN
     here: none may reach the output or a gradient (a dropped row's gate gradient once was
@@ -303,9 +304,9 @@ def test_grouped_mm_path_logic_on_cpu(monkeypatch, capacity_factor):
     x = torch.randn(40, D, generator=torch.Generator().manual_seed(6))
     monkeypatch.setattr(mb, "grouped_mm_usable", lambda x, w: True)
     monkeypatch.setattr(mb, "_GROUPED_MM", lambda a, b, offs: Unwritten.apply(a, b, offs))
-    layer = _layer("grouped", capacity_factor=capacity_factor)
+    layer = _layer("grouped", capacity_factor=capacity_factor, shared_gate=shared_gate)
     _starve(layer, [3])
-    ref_layer = _layer("loop", capacity_factor=capacity_factor)
+    ref_layer = _layer("loop", capacity_factor=capacity_factor, shared_gate=shared_gate)
     _starve(ref_layer, [3])
     ref = _run(ref_layer, x)
     got = _run(layer, x)
@@ -315,16 +316,19 @@ def test_grouped_mm_path_logic_on_cpu(monkeypatch, capacity_factor):
         torch.testing.assert_close(got[2][name], ref[2][name], atol=1e-5, rtol=1e-5)
 
 
-def test_backends_agree_under_bf16_autocast():
+@pytest.mark.parametrize("shared_gate", [True, False])
+def test_backends_agree_under_bf16_autocast(shared_gate):
+    """The ungated shared expert, run by the back-end, gets the autocast dtype too."""
     x = torch.randn(48, D, generator=torch.Generator().manual_seed(7))
     outs = []
     for backend in ("loop", "grouped"):
-        layer = _layer(backend)
+        layer = _layer(backend, shared_gate=shared_gate)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y, aux, _ = layer(x)
         (y.float().sum() + aux).backward()
-        outs.append((y.float(), layer.experts.w_gate_up.grad))
-    assert outs[1][1].dtype == torch.float32  # grads reach the fp32 master weights
+        outs.append((y.float(), layer.experts.w_gate_up.grad, layer.shared.gate_up.weight.grad))
+    assert outs[1][1].dtype == outs[1][2].dtype == torch.float32  # fp32 master weights
+    torch.testing.assert_close(outs[1][2], outs[0][2], atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(outs[1][0], outs[0][0], atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(outs[1][1], outs[0][1], atol=3e-2, rtol=3e-2)
 
