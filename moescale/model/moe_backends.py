@@ -165,7 +165,8 @@ def _compiled_kernels(x: torch.Tensor):
 
 class _Deferred:
     """The tail experts' rows of one pass (:func:`_schedule`): a buffer the workers fill and
-    a shared claim counter, then one ordered scatter-add into the summed output."""
+    a shared claim counter, then one ordered scatter-add into the summed output (both in
+    one parallel pass of the compiled ``reduce_parts``)."""
 
     def __init__(self, x: torch.Tensor, token: torch.Tensor, bounds: list[int],
                  tail: list[int], rows: bool = True) -> None:
@@ -184,10 +185,11 @@ class _Deferred:
         """``tail, tail_offsets, tail_rows, counter`` of the compiled loops."""
         return self.tail, self.offsets, self.rows, self.counter
 
-    def add_to(self, out: torch.Tensor, kernels) -> torch.Tensor:
-        if self.rows is not None:
-            kernels.scatter_add(out, self.token, self.rows)
-        return out
+    def reduce(self, outs: list[torch.Tensor], kernels) -> torch.Tensor:
+        """The workers' outputs summed, plus the tail rows (in a fixed order)."""
+        if kernels is None:
+            return _sum(outs)
+        return kernels.reduce_parts(outs, self.token, self.rows)
 
 
 class _SegmentSwiGLU(torch.autograd.Function):
@@ -250,7 +252,7 @@ class _SegmentSwiGLU(torch.autograd.Function):
                 out.index_add_(0, idx, torch.mm(act, w_down[e].t(), out=y_buf[: b - a]))
             return out
 
-        out = deferred.add_to(_sum(_expert_parallel(work, parts)), kernels)
+        out = deferred.reduce(_expert_parallel(work, parts), kernels)
         ctx.save_for_backward(x, gates, w_gate_up, w_down, token, h_all, ws_gate_up, ws_down,
                               hs_all)
         ctx.bounds, ctx.parts, ctx.tail, ctx.kernels = bounds, parts, tail, kernels
@@ -325,7 +327,7 @@ class _SegmentSwiGLU(torch.autograd.Function):
             return dx
 
         dxs = _expert_parallel(work, ctx.parts)
-        dx = deferred.add_to(_sum(dxs), kernels) if need_x else None
+        dx = deferred.reduce(dxs, kernels) if need_x else None
         return dx, dgates, dwgu, dwd, None, None, dwsgu, dwsd
 
 

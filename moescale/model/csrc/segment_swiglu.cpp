@@ -10,6 +10,7 @@
 //
 // Contract (checked by the Python caller): CPU, float32 or float64, x/dout/h_all/gates/
 // token/outputs contiguous, token int64 with values in [0, T), bounds non-decreasing.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -406,17 +407,39 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
   });
 }
 
-// out[index[r]] += rows[r] for r in order: the tail experts' rows, added after the workers
-// in a fixed order (deterministic whatever worker computed them).
-void scatter_add(at::Tensor& out, const at::Tensor& index, const at::Tensor& rows) {
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "scatter_add", [&] {
-    scatter_add_rows(out.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), rows.size(0),
-                     out.size(1), rows.data_ptr<scalar_t>());
+// The workers' outputs summed into outs[0], then the tail experts' rows added in their fixed
+// order (out[index[r]] += rows[r], r ascending; deterministic whatever worker computed them).
+// In one pass over row ranges on ATen's intra-op threads: each range is summed, then gets
+// the tail rows that fall in it.
+at::Tensor reduce_parts(const std::vector<at::Tensor>& outs, std::optional<at::Tensor> index,
+                        std::optional<at::Tensor> rows) {
+  at::Tensor out = outs[0];
+  const int64_t t = out.size(0), d = out.size(1);
+  const int64_t n_rows = rows ? rows->size(0) : 0;
+  const int64_t grain = std::max<int64_t>(64, (t + at::get_num_threads() - 1) /
+                                                  std::max(1, at::get_num_threads()));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "reduce_parts", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t* idx = n_rows ? index->data_ptr<int64_t>() : nullptr;
+    const scalar_t* src = n_rows ? rows->data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, t, grain, [&](int64_t begin, int64_t end) {
+      for (size_t p = 1; p < outs.size(); ++p) {
+        const scalar_t* q = outs[p].data_ptr<scalar_t>();
+        for (int64_t i = begin * d; i < end * d; ++i) o[i] += q[i];
+      }
+      for (int64_t r = 0; r < n_rows; ++r) {
+        if (idx[r] < begin || idx[r] >= end) continue;
+        scalar_t* dst = o + idx[r] * d;
+        const scalar_t* row = src + r * d;
+        for (int64_t j = 0; j < d; ++j) dst[j] += row[j];
+      }
+    });
   });
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("segment_forward", &segment_forward, py::call_guard<py::gil_scoped_release>());
   m.def("segment_backward", &segment_backward, py::call_guard<py::gil_scoped_release>());
-  m.def("scatter_add", &scatter_add, py::call_guard<py::gil_scoped_release>());
+  m.def("reduce_parts", &reduce_parts, py::call_guard<py::gil_scoped_release>());
 }
