@@ -2,11 +2,13 @@
 // moescale.model.moe_backends._SegmentSwiGLU (see its docstring for the algorithm).
 //
 // Python keeps the partition of the experts over single-threaded workers; one call runs one
-// worker's experts. Per segment: row gather, GEMM (ATen: MKL/oneDNN), SwiGLU x gate, GEMM,
-// row scatter-add; backward likewise. What this file adds over the Python loop: the
-// element-wise passes of the SwiGLU backward fused into one loop over rows (ATen's
-// vectorised sigmoid/silu still computes the transcendental), gathers and scatter-adds as
-// plain row loops with the next rows prefetched, and no per-op dispatch.
+// worker's experts: its static part, then tail experts claimed from the other workers'
+// shared counter (Schedule). Per segment chunk: row gather, GEMM (ATen: MKL/oneDNN),
+// SwiGLU x gate, GEMM, row scatter-add; backward likewise. The shared expert (index E) is
+// one more work item over all rows of x, read in place. What this file adds over the
+// Python loop: chunks of ~1 MB of rows, the dynamic tail, the SwiGLU passes fused into one
+// vectorised loop over rows each (with a branch-free float exp), gathers and scatter-adds
+// as plain row loops with the next rows prefetched, and no per-op dispatch.
 //
 // Contract (checked by the Python caller): CPU, float32 or float64, x/dout/h_all/gates/
 // token/outputs contiguous, token int64 with values in [0, T), bounds non-decreasing.
