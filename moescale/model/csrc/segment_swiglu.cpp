@@ -232,6 +232,16 @@ Expert expert_at(int64_t e, const std::vector<int64_t>& bounds, const at::Tensor
   return {false, bounds[e], bounds[e + 1], w_down.size(2), w_gate_up[e], w_down[e], h_all};
 }
 
+// Rows [a, a+n) of a chunk from src [T, D]: in place for the shared expert, else gathered
+// through the expert-sorted token indices into buf.
+template <typename T>
+at::Tensor rows_of(const at::Tensor& src, bool shared, const int64_t* tok, int64_t a, int64_t n,
+                   const at::Tensor& buf) {
+  if (shared) return src.narrow(0, a, n);
+  gather_rows(src.data_ptr<T>(), tok + a, n, src.size(1), buf.data_ptr<T>());
+  return buf.narrow(0, 0, n);
+}
+
 // A [n, w] contiguous view at the start of a flat scratch buffer.
 at::Tensor scratch(const at::Tensor& flat, int64_t n, int64_t w) {
   return flat.narrow(0, 0, n * w).view({n, w});
@@ -271,13 +281,7 @@ void segment_forward(const at::Tensor& x, const at::Tensor& gates, const at::Ten
       const int64_t f = ex.f;
       const auto w_gu_t = ex.w_gate_up.t(), w_d_t = ex.w_down.t();
       for_chunks(ex.begin, ex.end, chunk, [&](int64_t a, int64_t n) {
-        at::Tensor xs;
-        if (ex.shared) {
-          xs = x.narrow(0, a, n);
-        } else {
-          gather_rows(x.data_ptr<scalar_t>(), tok + a, n, d, xs_buf.data_ptr<scalar_t>());
-          xs = xs_buf.narrow(0, 0, n);
-        }
+        const auto xs = rows_of<scalar_t>(x, ex.shared, tok, a, n, xs_buf);
         auto h = ex.h.narrow(0, a, n);
         at::mm_out(h, xs, w_gu_t);
         auto act = scratch(act_buf, n, f);
@@ -351,13 +355,7 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
         const scalar_t* hp = h.data_ptr<scalar_t>();
         auto sig = scratch(sig_buf, n, f);
         scalar_t* sp = sig.data_ptr<scalar_t>();
-        at::Tensor dy;
-        if (ex.shared) {
-          dy = dout.narrow(0, a, n);
-        } else {
-          gather_rows(dout.data_ptr<scalar_t>(), tok + a, n, d, dy_buf.data_ptr<scalar_t>());
-          dy = dy_buf.narrow(0, 0, n);
-        }
+        const auto dy = rows_of<scalar_t>(dout, ex.shared, tok, a, n, dy_buf);
         auto aw = scratch(aw_buf, n, f);  // act * gate weight, and s = sigmoid(gate)
         swiglu_gate(hp, w, n, f, sp, aw.data_ptr<scalar_t>());
         if (dwd) {  // dW_d = dy^T (act * gate weight)
@@ -376,13 +374,7 @@ void segment_backward(const at::Tensor& dout, const at::Tensor& x, const at::Ten
                              dh.data_ptr<scalar_t>(),
                              (dgates && !ex.shared) ? dgates->data_ptr<scalar_t>() + a : nullptr);
         if (dwgu) {  // dW_gu = dh^T xs
-          at::Tensor xs;
-          if (ex.shared) {
-            xs = x.narrow(0, a, n);
-          } else {
-            gather_rows(x.data_ptr<scalar_t>(), tok + a, n, d, xs_buf.data_ptr<scalar_t>());
-            xs = xs_buf.narrow(0, 0, n);
-          }
+          const auto xs = rows_of<scalar_t>(x, ex.shared, tok, a, n, xs_buf);
           if (first) {
             at::mm_out(*dwgu, dh.t(), xs);
           } else {
