@@ -350,3 +350,21 @@ def test_gather_and_combine_rows_are_adjoint_and_exact():
     torch.testing.assert_close(_GatherRows.apply(x, token, inv, k), x[token])
     scatter = torch.zeros(t, d, dtype=torch.float64).index_add(0, token, ys)
     torch.testing.assert_close(_CombineRows.apply(ys, token, inv, k), scatter)
+
+
+def test_permute_gradient_is_the_inverse_gather():
+    """The sorted gates: ``v[order]`` with the backward ``grad[inv]``, against autograd's
+    own backward of indexing, gradcheck and gradgradcheck in float64."""
+    from moescale.model.moe_backends import _inverse, _Permute
+
+    gen = torch.Generator().manual_seed(4)
+    order = torch.randperm(23, generator=gen)
+    inv = _inverse(order)
+    torch.testing.assert_close(order[inv], torch.arange(23))
+    v = torch.randn(23, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(23, dtype=torch.float64, generator=gen)
+    (ours,) = torch.autograd.grad((_Permute.apply(v, order, inv) * w).sum(), v)
+    (ref,) = torch.autograd.grad((v[order] * w).sum(), v)
+    assert torch.equal(ours, ref)
+    assert torch.autograd.gradcheck(lambda a: _Permute.apply(a, order, inv), (v,))
+    assert torch.autograd.gradgradcheck(lambda a: _Permute.apply(a, order, inv), (v,))
