@@ -393,9 +393,10 @@ def _sum_slots(ys: torch.Tensor, inv: torch.Tensor, top_k: int) -> torch.Tensor:
 
 class _Permute(torch.autograd.Function):
     """``v[order]`` for a permutation ``order`` of a 1-D ``v``, whose backward is the gather
-    ``grad[inv]`` by the inverse permutation: deterministic on every device, and ~10× cheaper
-    on CPU than autograd's backward of indexing (an accumulating ``index_put_``, which
-    sorts the indices; measured 2.0 → 0.2 ms at T·K = 65,536)."""
+    ``grad[inv]`` by the inverse permutation: deterministic on every device, and cheaper on
+    CPU than autograd's backward of indexing, an accumulating ``index_put_`` that sorts the
+    indices (2.0 ms a step in the layer's profile at T·K = 65,536; forward + backward alone
+    0.68 → 0.22 ms)."""
 
     @staticmethod
     def forward(ctx, v, order, inv):
